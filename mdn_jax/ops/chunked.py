@@ -72,50 +72,81 @@ def wy_repr(kt, p, v, cf: ChunkCoeffs):
     return sol[..., : v.shape[-1]], sol[..., v.shape[-1]: v.shape[-1] + K], sol[..., v.shape[-1] + K:]
 
 
-def chunked_core(x: CoreInputs, chunk_size: int):
-    """Returns o [B, Tp, HV, V] and final (S, M) [N, HV, K, V], all in the compute dtype."""
+class ChunkTensors(NamedTuple):
+    """Chunk-local operands of the sequential pass and the output, all [B, HV, NC, C, ...] (compute dtype)."""
+
+    qb: jax.Array  # [..., C, K]
+    attn: jax.Array  # [..., C, C]   Gamma o (Qb Kt^T)
+    u: jax.Array  # [..., C, V]
+    y: jax.Array  # [..., C, K]
+    z: jax.Array  # [..., C, K]
+    kg: jax.Array  # [..., C, K]   Kt scaled by the last row of Gamma (feeds S at the chunk end)
+    kr: jax.Array  # [..., C, K]   Kt scaled by rho (feeds M at the chunk end)
+    a: jax.Array  # [..., C]
+    b: jax.Array  # [..., C]
+    decay: jax.Array  # [..., 3]   (a_L, b_L, m_L)
+
+
+def prepare_chunks(x: CoreInputs, chunk_size: int) -> ChunkTensors:
+    """Everything that is parallel over chunks (spec 3.1-3.4): coefficients, WY representation, Gamma o QK^T."""
     B, Tp, HV, K = x.kt.shape
-    V = x.v.shape[-1]
-    C = chunk_size
-    nc = Tp // C
+    nc = Tp // chunk_size
     dtype = x.s0.dtype
 
     def chunked(a):  # [B, Tp, HV, ...] -> [B, HV, NC, C, ...]
-        a = a.astype(dtype).reshape((B, nc, C) + a.shape[2:])
+        a = a.astype(dtype).reshape((B, nc, chunk_size) + a.shape[2:])
         return jnp.moveaxis(a, 3, 1)
 
     qb, kt, p, v = (chunked(a) for a in (x.qb, x.kt, x.p, x.v))
     la, lm, beta = (chunked(g[..., None])[..., 0] for g in (x.log_alpha, x.log_mu, x.beta))
     cf = chunk_coeffs(la, lm, beta)
     u, y, z = wy_repr(kt, p, v, cf)
-    attn = jnp.einsum("...ik,...jk->...ij", qb, kt, precision=_HI) * cf.gamma  # (Gamma o Qb Kt^T)
+    attn = jnp.einsum("...ik,...jk->...ij", qb, kt, precision=_HI) * cf.gamma
+    decay = jnp.stack([cf.a[..., -1], cf.b[..., -1], cf.m[..., -1]], axis=-1)
+    return ChunkTensors(qb, attn, u, y, z, kt * cf.gamma[..., -1, :, None], kt * cf.rho[..., None], cf.a, cf.b,
+                        decay)
+
+
+def recurrence_scan(t: ChunkTensors, s0, m0, chunk_init, chunk_final):
+    """The sequential pass over chunks (spec 3.4-3.5) with `lax.scan`.
+
+    Returns chunk-start states S_c, M_c [B, HV, NC, K, V], pseudo-values N [B, HV, NC, C, V] and the
+    final states (S, M) [N, HV, K, V].
+    """
+    B, HV, _, _, K = t.y.shape
+    V = t.u.shape[-1]
 
     def body(carry, inputs):
         S, M, fs, fm = carry  # [B, HV, K, V]
-        (u_c, y_c, z_c, kt_c, a_c, b_c, m_c, gamma_last, rho), init, final = inputs
-        S = start_state(S, x.s0, init)
-        M = start_state(M, x.m0, init)
-        n = (u_c - jnp.einsum("bhck,bhkv->bhcv", y_c, S, precision=_HI)
-             + jnp.einsum("bhck,bhkv->bhcv", z_c, M, precision=_HI))
-        a_l, b_l, m_l = (c[..., -1, None, None] for c in (a_c, b_c, m_c))
-        S_next = a_l * S - b_l * M + jnp.einsum("bhck,bhcv->bhkv", kt_c * gamma_last[..., None], n,
-                                                precision=_HI)
-        M_next = m_l * M - jnp.einsum("bhck,bhcv->bhkv", kt_c * rho[..., None], n, precision=_HI)
-        fs = record_final(fs, final, S_next)
-        fm = record_final(fm, final, M_next)
-        return (S_next, M_next, fs, fm), (n, S, M)
+        (u, y, z, kg, kr, decay), init, final = inputs
+        S = start_state(S, s0, init)
+        M = start_state(M, m0, init)
+        n = (u - jnp.einsum("bhck,bhkv->bhcv", y, S, precision=_HI)
+             + jnp.einsum("bhck,bhkv->bhcv", z, M, precision=_HI))
+        a_l, b_l, m_l = (decay[..., i, None, None] for i in range(3))
+        S_next = a_l * S - b_l * M + jnp.einsum("bhck,bhcv->bhkv", kg, n, precision=_HI)
+        M_next = m_l * M - jnp.einsum("bhck,bhcv->bhkv", kr, n, precision=_HI)
+        return (S_next, M_next, record_final(fs, final, S_next), record_final(fm, final, M_next)), (S, M, n)
 
-    def over_chunks(a):  # [B, HV, NC, ...] -> [NC, B, HV, ...]
-        return jnp.moveaxis(a, 2, 0)
+    per_chunk = tuple(jnp.moveaxis(a, 2, 0) for a in (t.u, t.y, t.z, t.kg, t.kr, t.decay))
+    zeros = jnp.zeros((B, HV, K, V), s0.dtype)
+    (_, _, fs, fm), (s_start, m_start, n) = jax.lax.scan(
+        body, (zeros, zeros, jnp.zeros_like(s0), jnp.zeros_like(m0)), (per_chunk, chunk_init.T, chunk_final.T))
+    s_start, m_start, n = (jnp.moveaxis(a, 0, 2) for a in (s_start, m_start, n))
+    return s_start, m_start, n, (fs, fm)
 
-    per_chunk = tuple(over_chunks(t) for t in (u, y, z, kt, cf.a, cf.b, cf.m, cf.gamma[..., -1, :], cf.rho))
-    zeros = jnp.zeros((B, HV, K, V), dtype)
-    carry0 = (zeros, zeros, jnp.zeros_like(x.s0), jnp.zeros_like(x.m0))
-    (_, _, fs, fm), (n, s_start, m_start) = jax.lax.scan(
-        body, carry0, (per_chunk, x.chunk_init.T, x.chunk_final.T))
-    n, s_start, m_start = (jnp.moveaxis(t, 0, 2) for t in (n, s_start, m_start))  # [B, HV, NC, ...]
-    o = (cf.a[..., None] * jnp.einsum("bhnck,bhnkv->bhncv", qb, s_start, precision=_HI)
-         - cf.b[..., None] * jnp.einsum("bhnck,bhnkv->bhncv", qb, m_start, precision=_HI)
-         + jnp.einsum("bhnij,bhnjv->bhniv", attn, n, precision=_HI))
-    o = jnp.moveaxis(o, 1, 3).reshape(B, Tp, HV, V)
-    return o, (fs, fm)
+
+def chunk_output(t: ChunkTensors, s_start, m_start, n) -> jax.Array:
+    """O = diag(a) Qb S - diag(b) Qb M + (Gamma o Qb Kt^T) N (spec 3.5) -> [B, Tp, HV, V]."""
+    o = (t.a[..., None] * jnp.einsum("bhnck,bhnkv->bhncv", t.qb, s_start.astype(t.qb.dtype), precision=_HI)
+         - t.b[..., None] * jnp.einsum("bhnck,bhnkv->bhncv", t.qb, m_start.astype(t.qb.dtype), precision=_HI)
+         + jnp.einsum("bhnij,bhnjv->bhniv", t.attn, n.astype(t.attn.dtype), precision=_HI))
+    B, HV, nc, C, V = o.shape
+    return jnp.moveaxis(o, 1, 3).reshape(B, nc * C, HV, V)
+
+
+def chunked_core(x: CoreInputs, chunk_size: int):
+    """Returns o [B, Tp, HV, V] and final (S, M) [N, HV, K, V], all in the compute dtype."""
+    t = prepare_chunks(x, chunk_size)
+    s_start, m_start, n, final = recurrence_scan(t, x.s0, x.m0, x.chunk_init, x.chunk_final)
+    return chunk_output(t, s_start, m_start, n), final
