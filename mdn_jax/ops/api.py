@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -24,14 +26,14 @@ def default_implementation() -> str:
     return "pallas" if jax.default_backend() == "gpu" else "xla"
 
 
-def _core_fn(implementation: str):
+def _core_fn(implementation: str, operand_dtype):
     if implementation == "scan":
         return scan_core
     if implementation == "xla":
         return chunked_core
     from mdn_jax.pallas import pallas_core  # imported lazily: Pallas is not needed on the jnp paths
 
-    return pallas_core
+    return functools.partial(pallas_core, operand_dtype=operand_dtype)
 
 
 def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=None, initial_state=None,
@@ -85,7 +87,7 @@ def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=
         p = jnp.exp(log_alpha)[..., None] * p
 
     if segment_ids is not None:  # documents inside a row: forget the past through the gates
-        reset = lay.segment_reset(segment_ids)
+        reset = lay.segment_reset(segment_ids)[..., None]  # [B, T, 1]
         log_alpha = jnp.where(reset, -jnp.inf, log_alpha)
         log_mu = jnp.where(reset, -jnp.inf, log_mu)
         p = jnp.where(reset[..., None], 0.0, p)
@@ -102,7 +104,7 @@ def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=
     inputs = CoreInputs(
         *(lay.to_chunks(x, layout) for x in (qb, kt, p, v, log_alpha, log_mu, beta)),
         s0, m0, layout.chunk_init, layout.chunk_final)
-    o, final = _core_fn(implementation)(inputs, chunk_size)
+    o, final = _core_fn(implementation, out_dtype)(inputs, chunk_size)
     o = lay.from_chunks(o, layout, T).astype(out_dtype)
     return o, (final if output_final_state else None)
 

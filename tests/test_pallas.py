@@ -1,0 +1,192 @@
+"""Pallas kernels vs the 'xla' and 'scan' references.
+
+On CPU the kernels run in Pallas interpret mode (the same kernel code); on a GPU (`-m gpu`) they are
+compiled through Triton and compared in bf16 and fp32 with the fp32 references.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdn_jax.ops import momentum_delta_rule
+from mdn_jax.pallas import recurrence as rec
+
+ON_GPU = jax.default_backend() == "gpu"
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
+GRAD_NAMES = ("q", "k", "v", "log_alpha", "log_mu", "beta", "eta", "p", "S0", "M0")
+
+
+@pytest.fixture(autouse=True)
+def poison_kernel_outputs(monkeypatch):
+    monkeypatch.setattr(rec, "POISON_OUTPUTS", True)
+
+
+def make_inputs(seed, B, T, H, K, V, HV=None, dtype=jnp.float32, gates="random", with_p=False, with_init=True):
+    """Fresh random operator inputs (never zeros). gates: 'random' (spec 7 item 6) or ('drift', log_mu)."""
+    HV = HV or H
+    rng = np.random.default_rng(seed)
+    f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+    q, k, v = f(B, T, H, K), f(B, T, H, K), f(B, T, HV, V)
+    p = f(B, T, H, K) if with_p else None
+    if gates == "random":
+        g = rng.choice([0.8, 1, 2, 4, 8])
+        la = jax.nn.log_sigmoid(f(B, T, HV)) / g
+        lm = jnp.maximum(jax.nn.log_sigmoid(f(B, T, HV)) / g, -2.0)
+    else:
+        la = jnp.full((B, T, HV), -0.01)
+        lm = jnp.full((B, T, HV), gates[1])
+    beta = 0.5 * jax.nn.sigmoid(f(B, T, HV))
+    eta = jnp.asarray(rng.uniform(0.0, 2.0, (B, T, HV)), jnp.float32)
+    init = (f(B, HV, K, V), f(B, HV, K, V)) if with_init else None
+    cast = lambda x: None if x is None else x.astype(dtype)  # noqa: E731
+    return dict(q=cast(q), k=cast(k), v=cast(v), log_alpha=la, log_mu=lm, beta=beta, eta=eta, p=cast(p)), init
+
+
+def run(impl, inputs, init, chunk_size=64, **kw):
+    return momentum_delta_rule(**inputs, initial_state=init, output_final_state=True, implementation=impl,
+                               chunk_size=chunk_size, **kw)
+
+
+def grads(impl, inputs, init, chunk_size=64, seed=0, **kw):
+    """Gradients of a random linear functional of (o, S_T, M_T) w.r.t. every input."""
+    names = [n for n in ("q", "k", "v", "log_alpha", "log_mu", "beta", "eta", "p") if inputs[n] is not None]
+    rng = np.random.default_rng(seed + 1000)
+
+    def loss(diff, init):
+        o, (S, M) = momentum_delta_rule(**{**inputs, **diff}, initial_state=init, output_final_state=True,
+                                        implementation=impl, chunk_size=chunk_size, **kw)
+        wo = jnp.asarray(rng.standard_normal(o.shape), jnp.float32)
+        ws = jnp.asarray(rng.standard_normal(S.shape), jnp.float32)
+        return (o.astype(jnp.float32) * wo).sum() + (S * ws).sum() - (M * ws).sum()
+
+    diff = {n: inputs[n] for n in names}
+    g, g_init = jax.grad(loss, argnums=(0, 1))(diff, init)
+    out = dict(g)
+    if init is not None:
+        out["S0"], out["M0"] = g_init
+    return out
+
+
+def rel(x, ref):
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    assert np.all(np.isfinite(x)), "non-finite values"
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def assert_close(out, ref, tol, what=""):
+    o, (S, M) = out
+    o_r, (S_r, M_r) = ref
+    for name, a, b in (("o", o, o_r), ("S", S, S_r), ("M", M, M_r)):
+        err = rel(a, b)
+        assert err < tol, f"{what} {name}: rel err {err:.2e} >= {tol}"
+
+
+def assert_grads_close(g, g_ref, tol, what=""):
+    assert set(g) == set(g_ref)
+    for name in g:
+        err = rel(g[name], g_ref[name])
+        assert err < tol, f"{what} d{name}: rel err {err:.2e} >= {tol}"
+
+
+# ---------------------------------------------------------------- CPU: interpret mode (the same kernels)
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 130])
+@pytest.mark.parametrize("KV", [(32, 32), (64, 32)])
+def test_interpret_forward_and_grads(T, KV):
+    K, V = KV
+    inputs, init = make_inputs(T * 7 + K, B=2, T=T, H=2, K=K, V=V, with_init=T % 2 == 0)
+    ref = run("xla", inputs, init)
+    assert_close(run("pallas", inputs, init), ref, 1e-4, f"T={T}")
+    if T != 1:
+        assert_close(ref, run("scan", inputs, init), 1e-4, "xla vs scan")
+    assert_grads_close(grads("pallas", inputs, init), grads("xla", inputs, init), 1e-4, f"T={T}")
+
+
+def test_interpret_grouped_heads_p_and_odd_dims():
+    """HV = 2H, explicit p, p_times_alpha off, K and V not powers of two (padded inside)."""
+    inputs, init = make_inputs(3, B=1, T=100, H=1, HV=2, K=24, V=40, with_p=True)
+    for pta in (True, False):
+        ref = run("scan", inputs, init, chunk_size=32, p_times_alpha=pta)
+        assert_close(run("pallas", inputs, init, chunk_size=32, p_times_alpha=pta), ref, 1e-4)
+    assert_grads_close(grads("pallas", inputs, init, chunk_size=32), grads("xla", inputs, init, chunk_size=32),
+                       1e-4)
+
+
+def test_interpret_varlen_cu_seqlens_and_segments():
+    inputs, _ = make_inputs(5, B=1, T=150, H=2, K=32, V=32)
+    cu = jnp.asarray([0, 17, 80, 81, 150], jnp.int32)
+    rng = np.random.default_rng(9)
+    init = tuple(jnp.asarray(rng.standard_normal((4, 2, 32, 32)), jnp.float32) for _ in range(2))
+    ref = run("scan", inputs, init, cu_seqlens=cu)
+    assert_close(run("pallas", inputs, init, cu_seqlens=cu), ref, 1e-4, "cu_seqlens")
+    assert_grads_close(grads("pallas", inputs, init, cu_seqlens=cu), grads("xla", inputs, init, cu_seqlens=cu),
+                       1e-4, "cu_seqlens")
+    seg = jnp.asarray(np.repeat([0, 1, 2], [40, 70, 40])[None], jnp.int32)
+    ref = run("xla", inputs, None, segment_ids=seg)
+    assert_close(run("pallas", inputs, None, segment_ids=seg), ref, 1e-4, "segment_ids")
+
+
+@pytest.mark.parametrize("log_mu", [-0.5, -2.0])
+def test_interpret_drifting_gates(log_mu):
+    """Spec 7 item 8: log alpha = -0.01 with mu << alpha for a long time; recipe L fails here."""
+    inputs, init = make_inputs(11, B=1, T=256, H=2, K=32, V=32, gates=("drift", log_mu))
+    ref = run("scan", inputs, init)
+    assert_close(run("pallas", inputs, init), ref, 1e-4, f"drift {log_mu}")
+
+
+def test_interpret_mu_zero_is_finite():
+    inputs, init = make_inputs(13, B=1, T=70, H=2, K=32, V=32)
+    inputs["log_mu"] = jnp.full_like(inputs["log_mu"], -jnp.inf)
+    ref = run("scan", inputs, init)
+    assert_close(run("pallas", inputs, init), ref, 1e-4, "mu=0")
+    g = grads("pallas", inputs, init)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in g.values())
+
+
+# ---------------------------------------------------------------- GPU: compiled Triton kernels
+
+
+def _gpu_case(seed, T, K, V, dtype, B=2, H=2, **kw):
+    inputs, init = make_inputs(seed, B=B, T=T, H=H, K=K, V=V, dtype=dtype, **kw)
+    ref_inputs = {n: (None if x is None else x.astype(jnp.float32)) for n, x in inputs.items()}
+    return inputs, init, ref_inputs
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-3), (jnp.bfloat16, 1e-2)])
+@pytest.mark.parametrize("T,K,V", [(64, 64, 64), (130, 128, 128), (1024, 128, 256), (2048, 256, 256)])
+def test_gpu_forward_and_grads(dtype, tol, T, K, V):
+    inputs, init, ref_inputs = _gpu_case(T + K + V, T, K, V, dtype)
+    ref = run("xla", ref_inputs, init)
+    assert_close(run("pallas", inputs, init), ref, tol, f"{dtype.__name__} T={T} K={K} V={V}")
+    g = grads("pallas", inputs, init)
+    g_ref = grads("xla", ref_inputs, init)
+    assert_grads_close(g, g_ref, 2 * tol, f"{dtype.__name__} T={T} K={K} V={V}")
+
+
+@gpu
+@pytest.mark.parametrize("log_mu", [-0.5, -1.0, -2.0])
+def test_gpu_drifting_gates(log_mu):
+    inputs, init, ref_inputs = _gpu_case(21, 1024, 128, 256, jnp.bfloat16, B=1, H=6, gates=("drift", log_mu))
+    assert_close(run("pallas", inputs, init), run("xla", ref_inputs, init), 1e-2, f"drift {log_mu}")
+
+
+@gpu
+def test_gpu_long_sequence_is_finite():
+    inputs, _, _ = _gpu_case(31, 65536, 128, 128, jnp.bfloat16, B=1, H=2, with_init=False)
+    o, (S, M) = run("pallas", inputs, None)
+    for x in (o, S, M):
+        assert np.all(np.isfinite(np.asarray(x, np.float32)))
+
+
+@gpu
+def test_gpu_varlen():
+    inputs, _, ref_inputs = _gpu_case(41, 1000, 128, 128, jnp.bfloat16, B=1, H=2)
+    cu = jnp.asarray([0, 100, 101, 612, 1000], jnp.int32)
+    rng = np.random.default_rng(0)
+    init = tuple(jnp.asarray(rng.standard_normal((4, 2, 128, 128)), jnp.float32) for _ in range(2))
+    assert_close(run("pallas", inputs, init, cu_seqlens=cu), run("xla", ref_inputs, init, cu_seqlens=cu), 1e-2)
