@@ -1,0 +1,143 @@
+"""Benchmark of the momentum delta rule op: forward and forward+backward per implementation.
+
+Usage: python experiments/bench_ops.py [--quick] [--out experiments/results]
+Timing: jit, warm-up, block_until_ready, median of repeated runs. Memory: XLA's compiled memory
+analysis of each jitted function (arguments + outputs + temporaries). Inputs follow ANCHORS.md (S400).
+Writes JSON and a markdown table with device, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdn_jax.ops import momentum_delta_rule
+
+SHAPES = {
+    "S400": dict(B=8, T=4096, H=6, K=128, V=256),
+    "S400-T2048": dict(B=8, T=2048, H=6, K=128, V=256),
+    "S400-T8192": dict(B=8, T=8192, H=6, K=128, V=256),
+    "S400-T32768": dict(B=1, T=32768, H=6, K=128, V=256),
+    "1.3B": dict(B=4, T=4096, H=6, K=256, V=512),
+}
+
+
+def anchor_inputs(B, T, H, K, V, dtype=jnp.bfloat16, seed=0):
+    """Inputs as in ANCHORS.md: bf16 q/k/v, fp32 gates, dO ~ N(0, 1)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 8)
+    n = jax.random.normal
+    q, k = n(keys[0], (B, T, H, K), dtype), n(keys[1], (B, T, H, K), dtype)
+    v = n(keys[2], (B, T, H, V), dtype)
+    la = jax.nn.log_sigmoid(n(keys[3], (B, T, H))) / 8
+    lm = jnp.maximum(jax.nn.log_sigmoid(n(keys[4], (B, T, H))) / 8, -2.0)
+    beta = jax.nn.sigmoid(jax.random.uniform(keys[5], (B, T, H)))
+    eta = jax.random.uniform(keys[6], (B, T, H), minval=0.0, maxval=2.0)
+    do = n(keys[7], (B, T, H, V), dtype)
+    return (q, k, v, la, lm, beta, eta), do
+
+
+def op_flops(B, T, H, K, V, C=64):
+    """Counted matmul FLOPs of the chunkwise forward (2 per multiply-add)."""
+    per_chunk = (2 * C * C * K  # P Kt^T, Qb Kt^T
+                 + C * C * C  # Gamma
+                 + C * C * (V + 2 * K)  # triangular solve for U, Y, Z
+                 + 4 * C * K * V  # Y S, Z M, Kg^T N, Kr^T N
+                 + 2 * C * K * V + C * C * V)  # Qb S, Qb M, attn N
+    return 2 * per_chunk * B * H * (T // C)
+
+
+def timeit(fn, args, reps):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def memory_gib(fn, args):
+    m = fn.lower(*args).compile().memory_analysis()
+    if m is None:
+        return None
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return total / 2**30
+
+
+def bench_case(name, shape, impls, reps):
+    args, do = anchor_inputs(**shape)
+    rows = []
+    ref = None
+    for impl in impls:
+        fwd = jax.jit(lambda *a, impl=impl: momentum_delta_rule(*a, implementation=impl)[0])
+
+        def loss(*a, impl=impl):
+            o = momentum_delta_rule(*a, implementation=impl)[0]
+            return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+
+        fwd_bwd = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
+        row = dict(case=name, impl=impl, **shape)
+        try:
+            o = fwd(*args)
+            if ref is None:
+                ref = o.astype(jnp.float32)
+            err = float(jnp.linalg.norm(o.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+            row.update(fwd_ms=timeit(fwd, args, reps), fwd_mem_gib=memory_gib(fwd, args), rel_err_vs_first=err)
+            row.update(fwd_bwd_ms=timeit(fwd_bwd, args, reps), fwd_bwd_mem_gib=memory_gib(fwd_bwd, args))
+            row["fwd_tflops"] = op_flops(**shape) / (row["fwd_ms"] * 1e-3) / 1e12
+        except Exception as e:  # noqa: BLE001 - a failing variant is reported, the others still run
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows, meta):
+    lines = [f"Device: {meta['device']}; date {meta['date']}; commit {meta['commit']}; jax {meta['jax']}", "",
+             "| case | impl | fwd ms | fwd+bwd ms | fwd mem GiB | fwd+bwd mem GiB | fwd TFLOP/s | rel err |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['impl']} | error: {r['error'][:80]} | | | | | |")
+            continue
+        lines.append(f"| {r['case']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
+                     f"{r['fwd_mem_gib']:.2f} | {r['fwd_bwd_mem_gib']:.2f} | {r['fwd_tflops']:.1f} | "
+                     f"{r['rel_err_vs_first']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cases", default="S400,S400-T2048,S400-T8192,S400-T32768,1.3B")
+    ap.add_argument("--impls", default="pallas,xla")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--tag", default="bench_ops")
+    a = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    meta = dict(device=str(jax.devices()[0].device_kind), date=datetime.date.today().isoformat(),
+                commit=commit or os.environ.get("MDN_COMMIT", "unknown"), jax=jax.__version__)
+    rows = []
+    for case in a.cases.split(","):
+        rows += bench_case(case, SHAPES[case], a.impls.split(","), a.reps)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, f"{a.tag}.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    table = markdown(rows, meta)
+    with open(os.path.join(a.out, f"{a.tag}.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
