@@ -18,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mdn_jax.ops import momentum_delta_rule
 
@@ -28,6 +27,7 @@ SHAPES = {
     "S400-T8192": dict(B=8, T=8192, H=6, K=128, V=256),
     "S400-T32768": dict(B=1, T=32768, H=6, K=128, V=256),
     "1.3B": dict(B=4, T=4096, H=6, K=256, V=512),
+    "tiny": dict(B=1, T=128, H=2, K=32, V=32),  # CPU smoke run of this script
 }
 
 

@@ -56,20 +56,47 @@ def shift_down(x: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros_like(x[..., :1, :]), x[..., :-1, :]], axis=-2)
 
 
+def unit_lower_inverse(w: jax.Array) -> jax.Array:
+    """(I + W)^-1 for strictly lower-triangular W [..., C, C] (C a power of two), by blockwise doubling.
+
+    Block forward substitution: the inverse of [[A, 0], [B, D]] is [[A^-1, 0], [-D^-1 B A^-1, D^-1]],
+    applied from 1x1 diagonal blocks up to C x C (log2 C levels of batched matmuls; no matrix powers).
+    """
+    C = w.shape[-1]
+    lead = w.shape[:-2]
+    inv = jnp.ones(lead + (C, 1, 1), w.dtype)  # diagonal blocks of size 1
+    s = 1
+    while s < C:
+        m = C // (2 * s)
+        blocks = w.reshape(lead + (m, 2 * s, m, 2 * s))
+        blocks = jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)  # [..., m, 2s, 2s]
+        lower_left = blocks[..., s:, :s]
+        a_inv, d_inv = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+        ll = -jnp.einsum("...ij,...jk,...kl->...il", d_inv, lower_left, a_inv, precision=_HI)
+        top = jnp.concatenate([a_inv, jnp.zeros_like(a_inv)], axis=-1)
+        bottom = jnp.concatenate([ll, d_inv], axis=-1)
+        inv = jnp.concatenate([top, bottom], axis=-2)
+        s *= 2
+    return inv[..., 0, :, :]
+
+
 def wy_repr(kt, p, v, cf: ChunkCoeffs):
-    """U = T V, Y = T diag(d) P, Z = T diag(e) P with T = (I + W)^-1 (spec 3.4), by forward substitution.
+    """U = T V, Y = T diag(d) P, Z = T diag(e) P with T = (I + W)^-1 (spec 3.4).
 
     kt, p: [..., C, K]; v: [..., C, V]. Returns U [..., C, V], Y, Z [..., C, K].
+    The inverse is by blockwise doubling for power-of-two C, forward substitution otherwise.
     """
     C = kt.shape[-2]
-    K = kt.shape[-1]
     w = jnp.einsum("...ik,...jk->...ij", p, kt, precision=_HI) * shift_down(cf.gamma)
     d = jnp.concatenate([jnp.ones_like(cf.a[..., :1]), cf.a[..., :-1]], axis=-1)
     e = jnp.concatenate([jnp.zeros_like(cf.b[..., :1]), cf.b[..., :-1]], axis=-1)
-    rhs = jnp.concatenate([v, d[..., None] * p, e[..., None] * p], axis=-1)
-    eye = jnp.eye(C, dtype=w.dtype)
-    sol = solve_triangular(w + eye, rhs, lower=True, unit_diagonal=True)
-    return sol[..., : v.shape[-1]], sol[..., v.shape[-1]: v.shape[-1] + K], sol[..., v.shape[-1] + K:]
+    if C & (C - 1) == 0:
+        t_inv = unit_lower_inverse(w)
+        solve = lambda x: jnp.einsum("...ij,...jd->...id", t_inv, x, precision=_HI)  # noqa: E731
+    else:
+        eye = jnp.eye(C, dtype=w.dtype)
+        solve = lambda x: solve_triangular(w + eye, x, lower=True, unit_diagonal=True)  # noqa: E731
+    return solve(v), solve(d[..., None] * p), solve(e[..., None] * p)
 
 
 class ChunkTensors(NamedTuple):

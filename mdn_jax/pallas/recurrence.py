@@ -42,7 +42,7 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, u_ref, y_ref, z_ref, kg_ref, kr_
     vs = pl.ds(pl.program_id(1) * block_v, block_v)
     row, head = bh // num_heads, bh % num_heads
     K = y_ref.shape[-1]
-    op_dtype, acc = y_ref.dtype, s_ref.dtype
+    op_dtype, acc = y_ref.dtype, fs_ref.dtype
     dot = functools.partial(_dot, precision=precision, acc=acc)
 
     def body(c, carry):
@@ -82,7 +82,7 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, y_ref, z_ref, kg_ref, kr_ref, gs
     vs = pl.ds(pl.program_id(1) * block_v, block_v)
     row, head = bh // num_heads, bh % num_heads
     K = y_ref.shape[-1]
-    op_dtype, acc = y_ref.dtype, ls_ref.dtype
+    op_dtype, acc = y_ref.dtype, ds0_ref.dtype
     dot = functools.partial(_dot, precision=precision, acc=acc)
 
     def body(i, carry):
@@ -116,6 +116,10 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, y_ref, z_ref, kg_ref, kr_ref, gs
 
     zeros = jnp.zeros((K, block_v), acc)
     lax.fori_loop(0, num_chunks, body, (zeros, zeros))
+
+
+def _storage_dtype(op_dtype, acc_dtype):
+    return op_dtype if op_dtype in (jnp.bfloat16, jnp.float16) else acc_dtype
 
 
 def _precision(dtype, interpret: bool):
@@ -163,14 +167,16 @@ def _recurrence_fwd(u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, blo
     BH, NC, C, V = u.shape
     K = y.shape[-1]
     n_states, HV = s0.shape[:2]
-    state_dtype = s0.dtype  # float32 (float64 only in interpret mode)
+    acc = s0.dtype  # float32 (float64 only in interpret mode)
+    # Chunk-start states are stored in the operand dtype (bf16 in training: half the traffic).
+    state_dtype = _storage_dtype(y.dtype, acc)
     kernel = functools.partial(_fwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
                                precision=_precision(y.dtype, interpret))
     out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), state_dtype),
                  jax.ShapeDtypeStruct((BH, NC, K, V), state_dtype),
                  jax.ShapeDtypeStruct((BH, NC, C, V), u.dtype),
-                 jax.ShapeDtypeStruct(s0.shape, state_dtype),
-                 jax.ShapeDtypeStruct(m0.shape, state_dtype))
+                 jax.ShapeDtypeStruct(s0.shape, acc),
+                 jax.ShapeDtypeStruct(m0.shape, acc))
     outs = _call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
                  chunk_init, chunk_final, decay, u, y, z, kg, kr, s0, m0)
     s_start, m_start, n, fs, fm = outs
@@ -187,8 +193,9 @@ def _recurrence_bwd(block_v, interpret, num_warps, res, cot):
     kernel = functools.partial(_bwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
                                precision=_precision(y.dtype, interpret))
     acc = s0.dtype
-    out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), acc),
-                 jax.ShapeDtypeStruct((BH, NC, K, V), acc),
+    lam_dtype = _storage_dtype(y.dtype, acc)
+    out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
+                 jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
                  jax.ShapeDtypeStruct((BH, NC, C, V), acc),
                  jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(m0.shape, acc))
@@ -197,14 +204,15 @@ def _recurrence_bwd(block_v, interpret, num_warps, res, cot):
     # Parameter cotangents: parallel over chunks (ls, lm are the cotangents of the chunk-END states).
     hi = "highest"
     du = dn.astype(n.dtype)
-    dy = -jnp.einsum("bncv,bnkv->bnck", dn, s_start, precision=hi).astype(y.dtype)
-    dz = jnp.einsum("bncv,bnkv->bnck", dn, m_start, precision=hi).astype(z.dtype)
-    nf = n.astype(acc)
-    dkg = jnp.einsum("bncv,bnkv->bnck", nf, ls, precision=hi).astype(kg.dtype)
-    dkr = -jnp.einsum("bncv,bnkv->bnck", nf, lm, precision=hi).astype(kr.dtype)
-    d_al = jnp.einsum("bnkv,bnkv->bn", ls, s_start, precision=hi)
-    d_bl = -jnp.einsum("bnkv,bnkv->bn", ls, m_start, precision=hi)
-    d_ml = jnp.einsum("bnkv,bnkv->bn", lm, m_start, precision=hi)
+    mm = functools.partial(jnp.einsum, precision=hi, preferred_element_type=acc)
+    dnd = dn.astype(y.dtype)
+    dy = -mm("bncv,bnkv->bnck", dnd, s_start).astype(y.dtype)
+    dz = mm("bncv,bnkv->bnck", dnd, m_start).astype(z.dtype)
+    dkg = mm("bncv,bnkv->bnck", n, ls).astype(kg.dtype)
+    dkr = -mm("bncv,bnkv->bnck", n, lm).astype(kr.dtype)
+    d_al = mm("bnkv,bnkv->bn", ls, s_start)
+    d_bl = -mm("bnkv,bnkv->bn", ls, m_start)
+    d_ml = mm("bnkv,bnkv->bn", lm, m_start)
     ddecay = jnp.stack([d_al, d_bl, d_ml], axis=-1).astype(decay.dtype)
     # A start state taken from the table was written into ds0/dm0 by the kernel; untouched rows are zero.
     used = jnp.zeros((n_states,), bool).at[chunk_init.reshape(-1)].set(True, mode="drop")

@@ -1,0 +1,66 @@
+"""Time each stage of implementation='pallas' alone at one shape (default S400), forward and backward.
+
+Usage: python experiments/bench_stages.py [--case S400]
+Stages: prepare (chunk-local coefficients, WY inverse, U/Y/Z: XLA), recurrence (Pallas kernel),
+output (XLA), and the VJP of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+
+from experiments.bench_ops import SHAPES, anchor_inputs, timeit
+from mdn_jax.ops import layout as lay
+from mdn_jax.ops.api import l2norm
+from mdn_jax.ops.chunked import chunk_output, prepare_chunks
+from mdn_jax.ops.core import CoreInputs
+from mdn_jax.pallas.core import pallas_core
+
+
+def core_inputs(B, T, H, K, V):
+    (q, k, v, la, lm, beta, eta), do = anchor_inputs(B, T, H, K, V)
+    f32 = jnp.float32
+    qb = l2norm(q.astype(f32)) * K ** -0.5
+    kh = l2norm(k.astype(f32))
+    layout = lay.dense_layout(B, T, 64)
+    zeros = jnp.zeros((B, H, K, V), f32)
+    return CoreInputs(qb, eta[..., None] * kh, jnp.exp(la)[..., None] * kh, v.astype(f32), la, lm, beta, zeros,
+                      zeros, layout.chunk_init, layout.chunk_final), do
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", default="S400")
+    ap.add_argument("--reps", type=int, default=10)
+    a = ap.parse_args()
+    x, do = core_inputs(**SHAPES[a.case])
+    res = {}
+    prep = jax.jit(lambda x: prepare_chunks(x, 64))
+    res["prepare_fwd_ms"] = timeit(prep, (x,), a.reps)
+    t = prep(x)
+    core = jax.jit(lambda x: pallas_core(x, 64, operand_dtype=jnp.bfloat16))
+    res["pallas_core_fwd_ms"] = timeit(core, (x,), a.reps)
+    out = jax.jit(lambda t, s, m, n: chunk_output(t, s, m, n))
+    B, HV, NC, C, K = t.y.shape
+    V = t.u.shape[-1]
+    s = jnp.ones((B, HV, NC, K, V), jnp.bfloat16)
+    n = jnp.ones((B, HV, NC, C, V), jnp.bfloat16)
+    res["output_fwd_ms"] = timeit(out, (t, s, s, n), a.reps)
+
+    def core_loss(x):
+        o, _ = pallas_core(x, 64, operand_dtype=jnp.bfloat16)
+        return jnp.sum(o * do.astype(jnp.float32).reshape(o.shape))
+
+    res["pallas_core_fwd_bwd_ms"] = timeit(jax.jit(jax.grad(core_loss)), (x,), a.reps)
+    prep_loss = jax.jit(jax.grad(lambda x: sum(jnp.sum(a) for a in prepare_chunks(x, 64))))
+    res["prepare_fwd_bwd_ms"] = timeit(prep_loss, (x,), a.reps)
+    res["recurrence_only_fwd_ms_est"] = res["pallas_core_fwd_ms"] - res["prepare_fwd_ms"] - res["output_fwd_ms"]
+    print(json.dumps(dict(case=a.case, **{k: round(v, 3) for k, v in res.items()})), flush=True)
+
+
+if __name__ == "__main__":
+    main()
