@@ -244,6 +244,8 @@ def test_segment_ids(impl, rng, x64):
     assert_close(o, o_ref, F64_TOL, "o")
     assert_close(S, S_ref, F64_TOL, "S")
     assert_close(M, M_ref, F64_TOL, "M")
+    if impl == "scan":
+        return  # the comparisons below exercise the layouts; once is enough (compile time)
     # one document through the op on its own (dense layout), the row's first one with the initial state
     doc = {n: (a[1:2, :64] if a is not None else None) for n, a in x.items() if n != "initial_state"}
     o_doc, _, _ = run_op(dict(doc, initial_state=tuple(a[1:2] for a in x["initial_state"])), jnp.float64, impl,
