@@ -42,11 +42,11 @@ class TrainConfig:
     grad_accum: int = 1                   # micro-batches per step (scan inside the step)
     prefetch: int = 2
     # optimisation
-    steps: int = 300                      # schedule length and last step
+    steps: int = 200                      # schedule length and last step
     stop_at_step: int = 0                 # stop (with a checkpoint) after this step; 0 = run to `steps`
     lr: float = 3e-3
     lr_min_ratio: float = 0.1             # cosine decays to lr * lr_min_ratio
-    warmup_steps: int = 30
+    warmup_steps: int = 20
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-15
