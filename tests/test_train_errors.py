@@ -1,0 +1,35 @@
+"""Bad input gives one clear line on stderr and exit status 2 (no traceback)."""
+
+import pytest
+from train_cli import TINY, run_cli
+
+
+def _err(p):
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.startswith("mdn-jax: error:")]
+    assert len(lines) == 1, p.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--data", "/nonexistent/path"], "data path not found"),
+    (["nosuchkey=1"], "unknown config key 'nosuchkey'"),
+    (["--config", "nosuchconfig"], "unknown config"),
+    (["batch_size=6", "grad_accum=4"], "not divisible by grad_accum"),
+])
+def test_bad_input(tmp_path, args, msg):
+    p = run_cli(["train", "--out", str(tmp_path / "o"), *TINY, *args], check=False)
+    assert msg in _err(p)
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "empty").mkdir()
+    p = run_cli(["train", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "empty"), *TINY], check=False)
+    assert "empty corpus" in _err(p)
+
+
+def test_batch_not_divisible_by_data_parallel(tmp_path):
+    p = run_cli(["train", "--out", str(tmp_path / "o"), *TINY, "batch_size=4"], check=False,
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert "not divisible by the data-parallel size 8" in _err(p)
