@@ -85,7 +85,7 @@ def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=
         p = jnp.exp(log_alpha)[..., None] * p
 
     if segment_ids is not None:  # documents inside a row: forget the past through the gates
-        reset = lay.segment_reset(segment_ids)
+        reset = lay.segment_reset(segment_ids)[..., None]  # [B, T, 1]
         log_alpha = jnp.where(reset, -jnp.inf, log_alpha)
         log_mu = jnp.where(reset, -jnp.inf, log_mu)
         p = jnp.where(reset[..., None], 0.0, p)
