@@ -98,7 +98,7 @@ def to_torch_state_dict(module) -> dict[str, np.ndarray]:
     out = {}
     for path, var in _flat_params(module):
         name, to_t, _ = _name_of(path, model)
-        out[name] = to_t(np.asarray(var.value))
+        out[name] = to_t(np.asarray(var.get_value()))
     return out
 
 
@@ -130,11 +130,11 @@ def from_torch_state_dict(module, state_dict: dict[str, np.ndarray]) -> None:
         except ConversionError as e:
             bad_shape.append(f"{name}: {e}")
             continue
-        if arr.shape != var.value.shape:
-            want = _name_of(path, model)[1](np.zeros(var.value.shape, np.int8)).shape
+        if arr.shape != var.get_value().shape:
+            want = _name_of(path, model)[1](np.zeros(var.get_value().shape, np.int8)).shape
             bad_shape.append(f"{name}: got {tuple(np.shape(sd[name]))}, expected {tuple(want)}")
             continue
-        updates[path] = jnp.asarray(arr, dtype=var.value.dtype)
+        updates[path] = jnp.asarray(arr, dtype=var.get_value().dtype)
     if missing or unexpected or bad_shape:
         msg = []
         if missing:
@@ -147,7 +147,7 @@ def from_torch_state_dict(module, state_dict: dict[str, np.ndarray]) -> None:
     state = nnx.state(module, nnx.Param)
     flat_state = nnx.to_flat_state(state)
     for path, var in flat_state:
-        var.value = updates[path]
+        var.set_value(updates[path])
     nnx.update(module, nnx.from_flat_state(flat_state))
 
 

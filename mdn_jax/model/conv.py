@@ -39,7 +39,7 @@ class ShortConv(nnx.Module):
         if state is None:
             state = jnp.zeros((B, W - 1, C), x.dtype)
         x_ext = jnp.concatenate([state.astype(x.dtype), x], axis=1)  # [B, T+W-1, C]
-        w = self.weight.value.astype(x.dtype)
+        w = self.weight[...].astype(x.dtype)
         if segment_ids is not None:
             seg_ext = jnp.concatenate([jnp.full((B, W - 1), -1, segment_ids.dtype), segment_ids], axis=1)
         y = jnp.zeros_like(x)
@@ -50,6 +50,6 @@ class ShortConv(nnx.Module):
                 xs = jnp.where(same[..., None], xs, 0)
             y = y + xs * w[tap]
         if self.bias is not None:
-            y = y + self.bias.value.astype(x.dtype)
+            y = y + self.bias[...].astype(x.dtype)
         new_state = x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
         return jax.nn.silu(y), new_state

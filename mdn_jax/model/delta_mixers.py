@@ -188,11 +188,11 @@ class MomentumDeltaNet(_DeltaMixer):
         f32 = jnp.float32
         a, b = self.a_proj(x).astype(f32), self.b_proj(x).astype(f32)
         m, e = self.m_proj(x).astype(f32), self.e_proj(x).astype(f32) / self.tau
-        log_mu = -jnp.exp(self.Mu_log.value.astype(f32)) * jax.nn.softplus(m + self.mu_bias.value)
-        log_alpha = -jnp.exp(self.A_log.value.astype(f32)) * jax.nn.softplus(a + self.dt_bias.value)
+        log_mu = -jnp.exp(self.Mu_log[...].astype(f32)) * jax.nn.softplus(m + self.mu_bias[...])
+        log_alpha = -jnp.exp(self.A_log[...].astype(f32)) * jax.nn.softplus(a + self.dt_bias[...])
         eta = 1.0 + jnp.tanh(e)
         beta = jax.nn.sigmoid(b)
-        theta = jnp.arctan(eta * jnp.exp(self.log_factor.value.astype(f32)))
+        theta = jnp.arctan(eta * jnp.exp(self.log_factor[...].astype(f32)))
         beta = jnp.sin(theta) ** 2 * beta
         log_alpha = jnp.log(jnp.cos(theta) ** 2) + log_alpha
         if self.min_log_mu is not None:
@@ -206,7 +206,7 @@ class MomentumDeltaNet(_DeltaMixer):
         group = self.num_v_heads // self.num_heads
         if group > 1:
             q, k = jnp.repeat(q, group, axis=-2), jnp.repeat(k, group, axis=-2)
-        d = jnp.exp(self.D_log.value.astype(jnp.float32))
+        d = jnp.exp(self.D_log[...].astype(jnp.float32))
         return (q.astype(jnp.float32) - d[:, None] * k.astype(jnp.float32)).astype(k.dtype), k
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None, cache: DeltaCache | None = None):
@@ -256,7 +256,7 @@ class GatedDeltaNet(_DeltaMixer):
         if self.allow_neg_eigval:
             beta = 2.0 * beta
         a = self.a_proj(x).astype(f32)
-        log_alpha = -jnp.exp(self.A_log.value.astype(f32)) * jax.nn.softplus(a + self.dt_bias.value)
+        log_alpha = -jnp.exp(self.A_log[...].astype(f32)) * jax.nn.softplus(a + self.dt_bias[...])
         return log_alpha, beta
 
     def _empty_momentum(self, shape):

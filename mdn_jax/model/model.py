@@ -95,6 +95,8 @@ class CausalLM(nnx.Module):
             raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
         if segment_ids is not None and segment_ids.shape != tokens.shape:
             raise ValueError(f"segment_ids shape {segment_ids.shape} != tokens shape {tokens.shape}")
+        if cache is not None and segment_ids is not None:
+            raise ValueError("segment_ids (packed documents) and a decode cache cannot be combined")
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
         x = self.embeddings(tokens).astype(_dt(self.config.dtype))

@@ -23,7 +23,7 @@ class RMSNorm(nnx.Module):
         self.weight = param(jnp.ones((dim,), param_dtype), (axis_name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return (rms_normalize(x, self.eps) * self.weight.value.astype(jnp.float32)).astype(x.dtype)
+        return (rms_normalize(x, self.eps) * self.weight[...].astype(jnp.float32)).astype(x.dtype)
 
 
 class GatedRMSNorm(nnx.Module):
@@ -42,5 +42,5 @@ class GatedRMSNorm(nnx.Module):
     def __call__(self, x: jax.Array, g: jax.Array) -> jax.Array:
         g32 = g.astype(jnp.float32)
         gate = jax.nn.sigmoid(g32) if self.activation == "sigmoid" else jax.nn.silu(g32)
-        y = rms_normalize(x, self.eps) * self.weight.value.astype(jnp.float32) * gate
+        y = rms_normalize(x, self.eps) * self.weight[...].astype(jnp.float32) * gate
         return y.astype(x.dtype)

@@ -76,7 +76,8 @@ def dt_bias_init(key, shape, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: 
 
 
 def no_weight_decay_mask(module: nnx.Module):
-    """A pytree over `nnx.state(module, nnx.Param)` that is False for NoDecayParam, norms and biases.
+    """A pytree over `nnx.state(module, nnx.Param)`: True (decay) for every >= 2-D parameter that is not a
+    NoDecayParam (kernels, embeddings, conv weights); False for NoDecayParam, norm weights and biases.
 
     Returns a State with bool leaves, usable as an optax mask (`optax.add_decayed_weights(wd, mask=...)`).
     """
@@ -84,7 +85,6 @@ def no_weight_decay_mask(module: nnx.Module):
     flat = nnx.to_flat_state(state)
     leaves = []
     for path, var in flat:
-        name = str(path[-1])
-        decay = not isinstance(var, NoDecayParam) and name not in ("bias", "weight") and var.value.ndim >= 2
+        decay = not isinstance(var, NoDecayParam) and var.get_value().ndim >= 2
         leaves.append((path, decay))
     return nnx.State.from_flat_path(dict(leaves))
