@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mdn_jax.ops import momentum_delta_rule
-from mdn_jax.pallas import recurrence as rec
+from mdn_jax.pallas import common
 
 ON_GPU = jax.default_backend() == "gpu"
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
@@ -21,7 +21,7 @@ GRAD_NAMES = ("q", "k", "v", "log_alpha", "log_mu", "beta", "eta", "p", "S0", "M
 
 @pytest.fixture(autouse=True)
 def poison_kernel_outputs(monkeypatch):
-    monkeypatch.setattr(rec, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(common, "POISON_OUTPUTS", True)
 
 
 def make_inputs(seed, B, T, H, K, V, HV=None, dtype=jnp.float32, gates="random", with_p=False, with_init=True):

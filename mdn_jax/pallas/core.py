@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 
 from mdn_jax.ops.chunked import chunk_output, prepare_chunks
 from mdn_jax.ops.core import CoreInputs
+from mdn_jax.pallas.chunk_pass import chunk_pass
 from mdn_jax.pallas.recurrence import recurrence
 from mdn_jax.pallas.tuning import block_config
+
+# Output fused into the sequential kernels (default) or computed by XLA after the pass (MDN_FUSED=0).
+FUSED_OUTPUT = os.environ.get("MDN_FUSED", "1") != "0"
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -46,6 +52,14 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
         return _pad_last(a, size).reshape(B * HV, NC, C, size).astype(op_dtype)
 
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
+    if FUSED_OUTPUT:
+        rows = lambda a: a.reshape((B * HV, NC) + a.shape[3:])  # noqa: E731
+        o, fs, fm = chunk_pass(
+            rows(t.a), rows(t.b), flat(t.qb, Kp), flat(t.attn, C), flat(t.u, Vp), flat(t.y, Kp), flat(t.z, Kp),
+            flat(t.kg, Kp), flat(t.kr, Kp), rows(t.decay), s0, m0, x.chunk_init, x.chunk_final, cfg.block_v,
+            interpret, cfg.num_warps)
+        o = jnp.moveaxis(o.reshape(B, HV, NC * C, Vp)[..., :V], 1, 2)
+        return o, (fs[..., :K, :V], fm[..., :K, :V])
     s_start, m_start, n, fs, fm = recurrence(
         flat(t.u, Vp), flat(t.y, Kp), flat(t.z, Kp), flat(t.kg, Kp), flat(t.kr, Kp),
         t.decay.reshape(B * HV, NC, 3), s0, m0, x.chunk_init, x.chunk_final,

@@ -27,13 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
-
-def _dot(a, b, precision, acc, trans_a=False):
-    if trans_a:
-        a = a.T
-    return jnp.dot(a, b, precision=precision, preferred_element_type=acc)
+from mdn_jax.pallas import common
 
 
 def _fwd_kernel(init_ref, final_ref, decay_ref, u_ref, y_ref, z_ref, kg_ref, kr_ref, s0_ref, m0_ref,
@@ -43,7 +38,7 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, u_ref, y_ref, z_ref, kg_ref, kr_
     row, head = bh // num_heads, bh % num_heads
     K = y_ref.shape[-1]
     op_dtype, acc = y_ref.dtype, fs_ref.dtype
-    dot = functools.partial(_dot, precision=precision, acc=acc)
+    dot = functools.partial(common.dot, precision=precision, acc=acc)
 
     def body(c, carry):
         S, M = carry
@@ -83,7 +78,7 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, y_ref, z_ref, kg_ref, kr_ref, gs
     row, head = bh // num_heads, bh % num_heads
     K = y_ref.shape[-1]
     op_dtype, acc = y_ref.dtype, ds0_ref.dtype
-    dot = functools.partial(_dot, precision=precision, acc=acc)
+    dot = functools.partial(common.dot, precision=precision, acc=acc)
 
     def body(i, carry):
         lS, lM = carry
@@ -118,40 +113,6 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, y_ref, z_ref, kg_ref, kr_ref, gs
     lax.fori_loop(0, num_chunks, body, (zeros, zeros))
 
 
-def _storage_dtype(op_dtype, acc_dtype):
-    return op_dtype if op_dtype in (jnp.bfloat16, jnp.float16) else acc_dtype
-
-
-def _precision(dtype, interpret: bool):
-    if dtype not in (jnp.float32, jnp.float64):
-        return None  # bf16/fp16 operands, fp32 accumulation
-    if interpret:
-        return lax.Precision.HIGHEST
-    return lax.DotAlgorithmPreset.TF32_TF32_F32_X3
-
-
-# Tests set this to fill every kernel output with NaN before the kernel runs (through input/output
-# aliasing), so that an element the kernel fails to write cannot pass.
-POISON_OUTPUTS = False
-
-
-def _call(kernel, grid, out_shape, interpret, num_warps, *args):
-    aliases = {}
-    if POISON_OUTPUTS:
-        poisoned = [jnp.full(s.shape, jnp.nan, s.dtype) for s in out_shape]
-        aliases = {len(args) + i: i for i in range(len(poisoned))}
-        n_in, inner = len(args), kernel
-
-        def kernel(*refs):  # the aliased inputs arrive as extra input refs: skip them
-            return inner(*refs[:n_in], *refs[n_in + len(poisoned):])
-
-        args = args + tuple(poisoned)
-    return pl.pallas_call(
-        kernel, out_shape=out_shape, grid=grid, interpret=interpret, input_output_aliases=aliases,
-        compiler_params=None if interpret else pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
-    )(*args)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11, 12))
 def recurrence(u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v, interpret, num_warps):
     """Sequential pass (forward kernel). u [BH, NC, C, V]; y, z, kg, kr [BH, NC, C, K]; decay [BH, NC, 3];
@@ -169,15 +130,15 @@ def _recurrence_fwd(u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, blo
     n_states, HV = s0.shape[:2]
     acc = s0.dtype  # float32 (float64 only in interpret mode)
     # Chunk-start states are stored in the operand dtype (bf16 in training: half the traffic).
-    state_dtype = _storage_dtype(y.dtype, acc)
+    state_dtype = common.storage_dtype(y.dtype, acc)
     kernel = functools.partial(_fwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
-                               precision=_precision(y.dtype, interpret))
+                               precision=common.dot_precision(y.dtype, interpret))
     out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), state_dtype),
                  jax.ShapeDtypeStruct((BH, NC, K, V), state_dtype),
                  jax.ShapeDtypeStruct((BH, NC, C, V), u.dtype),
                  jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(m0.shape, acc))
-    outs = _call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
+    outs = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
                  chunk_init, chunk_final, decay, u, y, z, kg, kr, s0, m0)
     s_start, m_start, n, fs, fm = outs
     res = (y, z, kg, kr, decay, s_start, m_start, n, chunk_init, chunk_final, s0, m0)
@@ -191,15 +152,15 @@ def _recurrence_bwd(block_v, interpret, num_warps, res, cot):
     K = y.shape[-1]
     n_states, HV = s0.shape[:2]
     kernel = functools.partial(_bwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
-                               precision=_precision(y.dtype, interpret))
+                               precision=common.dot_precision(y.dtype, interpret))
     acc = s0.dtype
-    lam_dtype = _storage_dtype(y.dtype, acc)
+    lam_dtype = common.storage_dtype(y.dtype, acc)
     out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
                  jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
                  jax.ShapeDtypeStruct((BH, NC, C, V), acc),
                  jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(m0.shape, acc))
-    ls, lm, dn, ds0, dm0 = _call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
+    ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
                                  chunk_init, chunk_final, decay, y, z, kg, kr, gs, gm, gn, gfs, gfm)
     # Parameter cotangents: parallel over chunks (ls, lm are the cotangents of the chunk-END states).
     hi = "highest"

@@ -1,0 +1,206 @@
+"""Pallas kernels (Triton lowering) for the sequential pass over chunks with the output fused in.
+
+The pass is the only sequential part of the chunkwise algorithm (spec 3.4-3.5). Per chunk c, with
+the chunk-local operands of `mdn_jax.ops.chunked.ChunkTensors`:
+
+    N_c     = U_c - Y_c S_c + Z_c M_c
+    O_c     = diag(a) Qb S_c - diag(b) Qb M_c + (Gamma o Qb Kt^T) N_c
+    S_{c+1} = a_L S_c - b_L M_c + Kg_c^T N_c            (Kg = Kt diag(Gamma_L))
+    M_{c+1} = m_L M_c - Kr_c^T N_c                      (Kr = Kt diag(rho))
+
+One program owns one (row, value head, block of V columns): S and M ([K, BV], float32) stay in
+registers for the whole sequence, O is written chunk by chunk. The reverse kernel runs the adjoint
+recurrence of spec 4.2 (B1)-(B2) with the output's contributions formed in registers from dO:
+
+    dN_c = (Gamma o Qb Kt^T)^T dO_c + Kg_c lS - Kr_c lM      (lS, lM: cotangents of S_{c+1}, M_{c+1})
+    lS  <- a_L lS + Qb^T diag(a) dO_c - Y_c^T dN_c
+    lM  <- -b_L lS + m_L lM - Qb^T diag(b) dO_c + Z_c^T dN_c
+
+Residual policy: the differentiated forward saves the chunk-start states S_c, M_c and N_c (operand
+dtype: bf16 in training); the backward is one reverse sweep, then every parameter cotangent is a
+product of saved tensors, parallel over chunks (XLA). Without differentiation nothing but O and the
+final states is written.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from mdn_jax.pallas import common
+
+
+def _load_start(idx, table_ref, head, vs, acc, carry):
+    return lax.cond(idx >= 0, lambda: table_ref[idx, head, :, vs].astype(acc), lambda: carry)
+
+
+def _fwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, u_ref, y_ref, z_ref, kg_ref,
+                kr_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref, *res_refs, num_chunks, num_heads, block_v,
+                num_states, precision):
+    bh = pl.program_id(0)
+    vs = pl.ds(pl.program_id(1) * block_v, block_v)
+    row, head = bh // num_heads, bh % num_heads
+    K = y_ref.shape[-1]
+    op_dtype, acc = y_ref.dtype, fs_ref.dtype
+    dot = functools.partial(common.dot, precision=precision, acc=acc)
+
+    def body(c, carry):
+        idx = init_ref[row, c]
+        S = _load_start(idx, s0_ref, head, vs, acc, carry[0])
+        M = _load_start(idx, m0_ref, head, vs, acc, carry[1])
+        Sd, Md = S.astype(op_dtype), M.astype(op_dtype)
+        n = u_ref[bh, c, :, vs].astype(acc) - dot(y_ref[bh, c], Sd) + dot(z_ref[bh, c], Md)
+        nd = n.astype(op_dtype)
+        qb = qb_ref[bh, c]
+        o = (a_ref[bh, c][:, None] * dot(qb, Sd) - b_ref[bh, c][:, None] * dot(qb, Md)
+             + dot(attn_ref[bh, c], nd))
+        o_ref[bh, c, :, vs] = o.astype(o_ref.dtype)
+        if res_refs:
+            s_ref, m_ref, n_ref = res_refs
+            s_ref[bh, c, :, vs] = Sd.astype(s_ref.dtype)
+            m_ref[bh, c, :, vs] = Md.astype(m_ref.dtype)
+            n_ref[bh, c, :, vs] = nd.astype(n_ref.dtype)
+        a_l, b_l, m_l = decay_ref[bh, c, 0], decay_ref[bh, c, 1], decay_ref[bh, c, 2]
+        S_next = a_l * S - b_l * M + dot(kg_ref[bh, c], nd, trans_a=True)
+        M_next = m_l * M - dot(kr_ref[bh, c], nd, trans_a=True)
+        f = final_ref[row, c]
+
+        @pl.when(f < num_states)
+        def _():
+            fs_ref[f, head, :, vs] = S_next.astype(fs_ref.dtype)
+            fm_ref[f, head, :, vs] = M_next.astype(fm_ref.dtype)
+
+        return S_next, M_next
+
+    zeros = jnp.zeros((K, block_v), acc)
+    lax.fori_loop(0, num_chunks, body, (zeros, zeros))
+
+
+def _bwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, y_ref, z_ref, kg_ref, kr_ref,
+                do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref, dn_ref, ds0_ref, dm0_ref,
+                *, num_chunks, num_heads, block_v, num_states, precision):
+    bh = pl.program_id(0)
+    vs = pl.ds(pl.program_id(1) * block_v, block_v)
+    row, head = bh // num_heads, bh % num_heads
+    K = y_ref.shape[-1]
+    op_dtype, acc = y_ref.dtype, ds0_ref.dtype
+    dot = functools.partial(common.dot, precision=precision, acc=acc)
+
+    def body(i, carry):
+        c = num_chunks - 1 - i
+        f = final_ref[row, c]
+        lS = lax.cond(f < num_states, lambda: carry[0] + gfs_ref[f, head, :, vs].astype(acc), lambda: carry[0])
+        lM = lax.cond(f < num_states, lambda: carry[1] + gfm_ref[f, head, :, vs].astype(acc), lambda: carry[1])
+        lSd, lMd = lS.astype(op_dtype), lM.astype(op_dtype)
+        ls_ref[bh, c, :, vs] = lSd.astype(ls_ref.dtype)
+        lm_ref[bh, c, :, vs] = lMd.astype(lm_ref.dtype)
+        do = do_ref[bh, c, :, vs].astype(acc)
+        qb = qb_ref[bh, c]
+        dn = dot(attn_ref[bh, c], do.astype(op_dtype), trans_a=True) + dot(kg_ref[bh, c], lSd) - dot(kr_ref[bh, c],
+                                                                                                      lMd)
+        dn_ref[bh, c, :, vs] = dn.astype(dn_ref.dtype)
+        dnd = dn.astype(op_dtype)
+        a_l, b_l, m_l = decay_ref[bh, c, 0], decay_ref[bh, c, 1], decay_ref[bh, c, 2]
+        do_a = (a_ref[bh, c][:, None] * do).astype(op_dtype)
+        do_b = (b_ref[bh, c][:, None] * do).astype(op_dtype)
+        lS_prev = a_l * lS + dot(qb, do_a, trans_a=True) - dot(y_ref[bh, c], dnd, trans_a=True)
+        lM_prev = -b_l * lS + m_l * lM - dot(qb, do_b, trans_a=True) + dot(z_ref[bh, c], dnd, trans_a=True)
+        idx = init_ref[row, c]
+
+        @pl.when(idx >= 0)
+        def _():
+            ds0_ref[idx, head, :, vs] = lS_prev.astype(ds0_ref.dtype)
+            dm0_ref[idx, head, :, vs] = lM_prev.astype(dm0_ref.dtype)
+
+        keep = (idx < 0).astype(acc)
+        return lS_prev * keep, lM_prev * keep
+
+    zeros = jnp.zeros((K, block_v), acc)
+    lax.fori_loop(0, num_chunks, body, (zeros, zeros))
+
+
+def _forward(save, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v, interpret,
+             num_warps):
+    BH, NC, C, V = u.shape
+    K = y.shape[-1]
+    n_states, HV = s0.shape[:2]
+    acc = s0.dtype  # float32 (float64 only in interpret mode)
+    res_dtype = common.storage_dtype(y.dtype, acc)
+    kernel = functools.partial(_fwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
+                               precision=common.dot_precision(y.dtype, interpret))
+    out_shape = [jax.ShapeDtypeStruct((BH, NC, C, V), res_dtype), jax.ShapeDtypeStruct(s0.shape, acc),
+                 jax.ShapeDtypeStruct(m0.shape, acc)]
+    if save:
+        out_shape += [jax.ShapeDtypeStruct((BH, NC, K, V), res_dtype), jax.ShapeDtypeStruct((BH, NC, K, V), res_dtype),
+                      jax.ShapeDtypeStruct((BH, NC, C, V), res_dtype)]
+    return common.call(kernel, (BH, V // block_v), tuple(out_shape), interpret, num_warps,
+                       chunk_init, chunk_final, decay, a, b, qb, attn, u, y, z, kg, kr, s0, m0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(14, 15, 16))
+def chunk_pass(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v, interpret,
+               num_warps):
+    """Sequential pass with fused output.
+
+    a, b: [BH, NC, C] float32; qb, y, z, kg, kr: [BH, NC, C, K]; attn: [BH, NC, C, C]; u: [BH, NC, C, V]
+    (operand dtype); decay: [BH, NC, 3] (a_L, b_L, m_L); s0, m0: [N, HV, K, V]; chunk_init, chunk_final:
+    [B, NC] int32 (see `mdn_jax.ops.layout`). Returns O [BH, NC, C, V] and final (S, M) [N, HV, K, V].
+    """
+    o, fs, fm = _forward(False, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v,
+                         interpret, num_warps)
+    return o, fs, fm
+
+
+def _chunk_pass_fwd(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v, interpret,
+                    num_warps):
+    o, fs, fm, s_start, m_start, n = _forward(True, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init,
+                                              chunk_final, block_v, interpret, num_warps)
+    res = (a, b, qb, attn, y, z, kg, kr, decay, s_start, m_start, n, chunk_init, chunk_final, s0, m0)
+    return (o, fs, fm), res
+
+
+def _chunk_pass_bwd(block_v, interpret, num_warps, res, cot):
+    a, b, qb, attn, y, z, kg, kr, decay, s_start, m_start, n, chunk_init, chunk_final, s0, m0 = res
+    do, gfs, gfm = cot
+    BH, NC, C, V = n.shape
+    K = y.shape[-1]
+    n_states, HV = s0.shape[:2]
+    acc = s0.dtype
+    lam_dtype = common.storage_dtype(y.dtype, acc)
+    kernel = functools.partial(_bwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
+                               precision=common.dot_precision(y.dtype, interpret))
+    out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype), jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
+                 jax.ShapeDtypeStruct((BH, NC, C, V), acc), jax.ShapeDtypeStruct(s0.shape, acc),
+                 jax.ShapeDtypeStruct(m0.shape, acc))
+    do_op = do.astype(y.dtype)
+    ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
+                                       chunk_init, chunk_final, decay, a, b, qb, attn, y, z, kg, kr, do_op, gfs, gfm)
+    # Parameter cotangents, parallel over chunks (ls, lm: cotangents of the chunk-END states).
+    mm = functools.partial(jnp.einsum, precision="highest", preferred_element_type=acc)
+    dnd = dn.astype(y.dtype)
+    g_s = mm("bncv,bnkv->bnck", do_op, s_start)  # dO S^T
+    g_m = mm("bncv,bnkv->bnck", do_op, m_start)  # dO M^T
+    qbf = qb.astype(acc)
+    da = jnp.sum(qbf * g_s, axis=-1)
+    db = -jnp.sum(qbf * g_m, axis=-1)
+    dqb = (a[..., None] * g_s - b[..., None] * g_m).astype(qb.dtype)
+    dattn = mm("bniv,bnjv->bnij", do_op, n).astype(attn.dtype)
+    du = dn.astype(y.dtype)
+    dy = -mm("bncv,bnkv->bnck", dnd, s_start).astype(y.dtype)
+    dz = mm("bncv,bnkv->bnck", dnd, m_start).astype(z.dtype)
+    dkg = mm("bncv,bnkv->bnck", n, ls).astype(kg.dtype)
+    dkr = -mm("bncv,bnkv->bnck", n, lm).astype(kr.dtype)
+    ddecay = jnp.stack([mm("bnkv,bnkv->bn", ls, s_start), -mm("bnkv,bnkv->bn", ls, m_start),
+                        mm("bnkv,bnkv->bn", lm, m_start)], axis=-1).astype(decay.dtype)
+    # A start state taken from the table was written into ds0/dm0 by the kernel; rows never used stay zero.
+    used = jnp.zeros((n_states,), bool).at[chunk_init.reshape(-1)].set(True, mode="drop")
+    ds0 = jnp.where(used[:, None, None, None], ds0, 0.0).astype(s0.dtype)
+    dm0 = jnp.where(used[:, None, None, None], dm0, 0.0).astype(m0.dtype)
+    return da.astype(a.dtype), db.astype(b.dtype), dqb, dattn, du, dy, dz, dkg, dkr, ddecay, ds0, dm0, None, None
+
+
+chunk_pass.defvjp(_chunk_pass_fwd, _chunk_pass_bwd)
