@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# One device call: GPU tests of the kernels, the op benchmark, stage timings, block-size variants.
+# One device call: GPU tests of the kernels, stage timings, implementation variants, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
+# Env: TEST_TIMEOUT, VARIANTS (space-separated env assignments, ';' between variants), BENCH_ARGS, BENCH_TIMEOUT.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/device.txt"
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/test_pallas.py -m "not slow" -k gpu -v -p no:cacheprovider \
-  --durations=5 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error" | tail -25
-timeout 60 python3 experiments/bench_stages.py 2>&1 | tee "$OUT/stages.log" | tail -3
-for cfg in ${VARIANTS:-"32 4" "64 4" "64 8"}; do
-  set -- $cfg
-  MDN_BLOCK_V=$1 MDN_NUM_WARPS=$2 timeout 90 python3 experiments/bench_ops.py --cases S400 --impls pallas \
-    --reps 10 --out "$OUT" --tag "variant_bv$1_w$2" 2>&1 | grep '^{' | tee -a "$OUT/variants.log"
+echo "commit ${MDN_COMMIT:-unknown}" | tee -a "$OUT/device.txt"
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/test_pallas.py -k gpu -v -p no:cacheprovider --durations=8 \
+  2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
+IFS=';' read -ra variants <<< "${VARIANTS:-MDN_PALLAS_LOCAL=1;MDN_PALLAS_LOCAL=0;MDN_FUSED=0}"
+for v in "${variants[@]}"; do
+  echo "variant: $v" | tee -a "$OUT/variants.log"
+  env $v timeout 100 python3 experiments/bench_ops.py --cases S400 --impls pallas --reps 10 --out /tmp/v \
+    2>&1 | grep -E '^\{|Error' | tee -a "$OUT/variants.log"
 done
 timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
   | tee "$OUT/bench.log" | tail -12

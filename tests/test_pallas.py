@@ -156,9 +156,13 @@ def _gpu_case(seed, T, K, V, dtype, B=2, H=2, **kw):
     return inputs, init, ref_inputs
 
 
+GPU_CASES = [(jnp.float32, 2e-3, 64, 64, 64), (jnp.bfloat16, 1e-2, 64, 64, 64), (jnp.float32, 2e-3, 130, 128, 128),
+             (jnp.bfloat16, 1e-2, 130, 128, 128), (jnp.bfloat16, 1e-2, 1024, 128, 256),
+             (jnp.bfloat16, 1e-2, 300, 256, 256)]
+
+
 @gpu
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-3), (jnp.bfloat16, 1e-2)])
-@pytest.mark.parametrize("T,K,V", [(64, 64, 64), (130, 128, 128), (1024, 128, 256), (300, 256, 256)])
+@pytest.mark.parametrize("dtype,tol,T,K,V", GPU_CASES)
 def test_gpu_forward_and_grads(dtype, tol, T, K, V):
     inputs, init, ref_inputs = _gpu_case(T + K + V, T, K, V, dtype)
     ref = run("xla", ref_inputs, init)

@@ -118,7 +118,7 @@ def prepare_chunks(x: CoreInputs, chunk_size: int) -> ChunkTensors:
     """Everything that is parallel over chunks (spec 3.1-3.4): coefficients, WY representation, Gamma o QK^T."""
     B, Tp, HV, K = x.kt.shape
     nc = Tp // chunk_size
-    dtype = x.s0.dtype
+    dtype = x.qb.dtype
 
     def chunked(a):  # [B, Tp, HV, ...] -> [B, HV, NC, C, ...]
         a = a.astype(dtype).reshape((B, nc, chunk_size) + a.shape[2:])

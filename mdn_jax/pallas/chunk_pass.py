@@ -147,7 +147,7 @@ def chunk_pass(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk
     """Sequential pass with fused output.
 
     a, b: [BH, NC, C] float32; qb, y, z, kg, kr: [BH, NC, C, K]; attn: [BH, NC, C, C]; u: [BH, NC, C, V]
-    (operand dtype); decay: [BH, NC, 3] (a_L, b_L, m_L); s0, m0: [N, HV, K, V]; chunk_init, chunk_final:
+    (operand dtype); decay: [BH, NC, >=3] (a_L, b_L, m_L, ...); s0, m0: [N, HV, K, V]; chunk_init, chunk_final:
     [B, NC] int32 (see `mdn_jax.ops.layout`). Returns O [BH, NC, C, V] and final (S, M) [N, HV, K, V].
     """
     o, fs, fm = _forward(False, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v,
@@ -195,7 +195,8 @@ def _chunk_pass_bwd(block_v, interpret, num_warps, res, cot):
     dkg = mm("bncv,bnkv->bnck", n, ls).astype(kg.dtype)
     dkr = -mm("bncv,bnkv->bnck", n, lm).astype(kr.dtype)
     ddecay = jnp.stack([mm("bnkv,bnkv->bn", ls, s_start), -mm("bnkv,bnkv->bn", ls, m_start),
-                        mm("bnkv,bnkv->bn", lm, m_start)], axis=-1).astype(decay.dtype)
+                        mm("bnkv,bnkv->bn", lm, m_start)], axis=-1)
+    ddecay = jnp.pad(ddecay, [(0, 0), (0, 0), (0, decay.shape[-1] - 3)]).astype(decay.dtype)
     # A start state taken from the table was written into ds0/dm0 by the kernel; rows never used stay zero.
     used = jnp.zeros((n_states,), bool).at[chunk_init.reshape(-1)].set(True, mode="drop")
     ds0 = jnp.where(used[:, None, None, None], ds0, 0.0).astype(s0.dtype)

@@ -1,7 +1,8 @@
-"""`implementation="pallas"`: chunk-local stages in XLA, the sequential pass in Pallas kernels."""
+"""`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -9,11 +10,14 @@ import jax.numpy as jnp
 
 from mdn_jax.ops.chunked import chunk_output, prepare_chunks
 from mdn_jax.ops.core import CoreInputs
+from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_pass import chunk_pass
 from mdn_jax.pallas.recurrence import recurrence
 from mdn_jax.pallas.tuning import block_config
 
-# Output fused into the sequential kernels (default) or computed by XLA after the pass (MDN_FUSED=0).
+# Variants kept for side-by-side measurement (experiments/gpu_run.sh): MDN_PALLAS_LOCAL=0 computes the
+# chunk-local stage in XLA; MDN_FUSED=0 also computes the output in XLA after an unfused pass.
+PALLAS_LOCAL = os.environ.get("MDN_PALLAS_LOCAL", "1") != "0"
 FUSED_OUTPUT = os.environ.get("MDN_FUSED", "1") != "0"
 
 
@@ -30,6 +34,38 @@ def _pad_last(x: jax.Array, size: int, axis: int = -1) -> jax.Array:
     return jnp.pad(x, widths)
 
 
+def _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
+    """The chunk-local stage in jnp, in the layouts and dtypes of `chunk_local` (its VJP reference)."""
+    x = CoreInputs(qb, kt, p, v, log_alpha, log_mu, beta, None, None, None, None)
+    t = prepare_chunks(x, chunk)
+    B, HV, NC, C, K = t.y.shape
+    rows = lambda a: a.reshape((B * HV, NC) + a.shape[3:])  # noqa: E731
+    flat = lambda a: rows(a).astype(op_dtype)  # noqa: E731
+    decay = _pad_last(t.decay, C).astype(jnp.float32)
+    return (rows(t.a).astype(jnp.float32), rows(t.b).astype(jnp.float32), rows(decay), flat(t.qb), flat(t.attn),
+            flat(t.u), flat(t.y), flat(t.z), flat(t.kg), flat(t.kr))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
+    if not PALLAS_LOCAL:
+        return _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype)
+    return chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype, interpret=interpret)
+
+
+def _local_stage_fwd(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
+    out = _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret)
+    return out, (qb, kt, p, v, log_alpha, log_mu, beta)
+
+
+def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
+    _, vjp = jax.vjp(functools.partial(_xla_local, chunk=chunk, op_dtype=op_dtype), *res)
+    return vjp(cot)
+
+
+_local_stage.defvjp(_local_stage_fwd, _local_stage_bwd)
+
+
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None):
     """Same contract as `mdn_jax.ops.chunked.chunked_core`.
 
@@ -39,27 +75,35 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     """
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
+    B, Tp, HV, K = x.kt.shape
+    V = x.v.shape[-1]
+    C, NC = chunk_size, Tp // chunk_size
+    Kp, Vp = _pow2_at_least_16(K), _pow2_at_least_16(V)
+    cfg = block_config(Kp, Vp, C)
+    op_dtype = jnp.dtype(operand_dtype or x.qb.dtype)
+    if op_dtype == jnp.float64 and not interpret:
+        raise TypeError("implementation='pallas' on GPU takes float32/bfloat16/float16 inputs, not float64")
+    s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
+    qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
+    v = _pad_last(x.v, Vp)
+    if not FUSED_OUTPUT:
+        return _unfused(x, chunk_size, Kp, Vp, s0, m0, op_dtype, cfg, interpret)
+    a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, C, op_dtype,
+                                                          interpret)
+    o, fs, fm = chunk_pass(a, b, qbf, attn, u, y, z, kg, kr, decay, s0, m0, x.chunk_init, x.chunk_final,
+                           cfg.block_v, interpret, cfg.num_warps)
+    o = jnp.moveaxis(o.reshape(B, HV, NC * C, Vp)[..., :V], 1, 2)
+    return o, (fs[..., :K, :V], fm[..., :K, :V])
+
+
+def _unfused(x, chunk_size, Kp, Vp, s0, m0, op_dtype, cfg, interpret):
     t = prepare_chunks(x, chunk_size)
     B, HV, NC, C, K = t.y.shape
     V = t.u.shape[-1]
-    Kp, Vp = _pow2_at_least_16(K), _pow2_at_least_16(V)
-    cfg = block_config(Kp, Vp, C)
-    op_dtype = jnp.dtype(operand_dtype or x.s0.dtype)
-    if op_dtype == jnp.float64 and not interpret:
-        raise TypeError("implementation='pallas' on GPU takes float32/bfloat16/float16 inputs, not float64")
 
     def flat(a, size):  # [B, HV, NC, C, D] -> [B*HV, NC, C, size] in the operand dtype
         return _pad_last(a, size).reshape(B * HV, NC, C, size).astype(op_dtype)
 
-    s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
-    if FUSED_OUTPUT:
-        rows = lambda a: a.reshape((B * HV, NC) + a.shape[3:])  # noqa: E731
-        o, fs, fm = chunk_pass(
-            rows(t.a), rows(t.b), flat(t.qb, Kp), flat(t.attn, C), flat(t.u, Vp), flat(t.y, Kp), flat(t.z, Kp),
-            flat(t.kg, Kp), flat(t.kr, Kp), rows(t.decay), s0, m0, x.chunk_init, x.chunk_final, cfg.block_v,
-            interpret, cfg.num_warps)
-        o = jnp.moveaxis(o.reshape(B, HV, NC * C, Vp)[..., :V], 1, 2)
-        return o, (fs[..., :K, :V], fm[..., :K, :V])
     s_start, m_start, n, fs, fm = recurrence(
         flat(t.u, Vp), flat(t.y, Kp), flat(t.z, Kp), flat(t.kg, Kp), flat(t.kr, Kp),
         t.decay.reshape(B * HV, NC, 3), s0, m0, x.chunk_init, x.chunk_final,
