@@ -5,6 +5,7 @@ Coefficients by recipe F (spec 3.3): every exponent is a masked segment sum of l
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -14,6 +15,7 @@ from jax.scipy.linalg import solve_triangular
 from mdn_jax.ops.core import CoreInputs, record_final, start_state
 
 _HI = "highest"
+LOG_GATE_FLOOR = -1e4
 
 
 class ChunkCoeffs(NamedTuple):
@@ -30,13 +32,16 @@ class ChunkCoeffs(NamedTuple):
 def segment_decay(log_gate: jax.Array) -> jax.Array:
     """exp(seg(x))_{tau l} = exp(sum_{r=l+1..tau} x_r) for l <= tau, 0 above: [..., C] -> [..., C, C].
 
-    A masked cumulative sum (never a difference of prefix sums): exact for x = -inf.
+    A masked sum (never a difference of prefix sums), written as a product with a 0/1 lower-triangular
+    matrix. Log gates are floored at -1e4 first: exp(-1e4) is exactly 0 in float32 and float64, as
+    exp(-inf) is, so mu = 0 and segment resets stay exact and no -inf meets a 0 in the product.
     """
     C = log_gate.shape[-1]
     i = jnp.arange(C)
-    terms = jnp.where(i[:, None] > i[None, :], log_gate[..., :, None], 0.0)  # [..., r, l]: x_r if r > l
-    seg = jnp.cumsum(terms, axis=-2)  # [..., tau, l]
+    x = jnp.maximum(log_gate, LOG_GATE_FLOOR)
+    terms = jnp.where(i[:, None] > i[None, :], x[..., :, None], 0.0)  # [..., r, l]: x_r if r > l
     lower = i[:, None] >= i[None, :]
+    seg = jnp.einsum("tr,...rl->...tl", lower.astype(x.dtype), terms, precision=_HI)
     return jnp.where(lower, jnp.exp(jnp.where(lower, seg, 0.0)), 0.0)
 
 
@@ -80,19 +85,32 @@ def unit_lower_inverse(w: jax.Array) -> jax.Array:
     return inv[..., 0, :, :]
 
 
-def wy_repr(kt, p, v, cf: ChunkCoeffs):
+def _product(operand_dtype):
+    """einsum for the tensor-sized products: float32 'highest', or operand_dtype operands (bf16 in training)
+    with float32 accumulation."""
+    if operand_dtype is None:
+        return functools.partial(jnp.einsum, precision=_HI)
+
+    def mm(spec, a, b):
+        return jnp.einsum(spec, a.astype(operand_dtype), b.astype(operand_dtype), preferred_element_type=a.dtype)
+
+    return mm
+
+
+def wy_repr(kt, p, v, cf: ChunkCoeffs, operand_dtype=None):
     """U = T V, Y = T diag(d) P, Z = T diag(e) P with T = (I + W)^-1 (spec 3.4).
 
     kt, p: [..., C, K]; v: [..., C, V]. Returns U [..., C, V], Y, Z [..., C, K].
     The inverse is by blockwise doubling for power-of-two C, forward substitution otherwise.
     """
     C = kt.shape[-2]
-    w = jnp.einsum("...ik,...jk->...ij", p, kt, precision=_HI) * shift_down(cf.gamma)
+    mm = _product(operand_dtype)
+    w = mm("...ik,...jk->...ij", p, kt) * shift_down(cf.gamma)
     d = jnp.concatenate([jnp.ones_like(cf.a[..., :1]), cf.a[..., :-1]], axis=-1)
     e = jnp.concatenate([jnp.zeros_like(cf.b[..., :1]), cf.b[..., :-1]], axis=-1)
     if C & (C - 1) == 0:
         t_inv = unit_lower_inverse(w)
-        solve = lambda x: jnp.einsum("...ij,...jd->...id", t_inv, x, precision=_HI)  # noqa: E731
+        solve = lambda x: mm("...ij,...jd->...id", t_inv, x)  # noqa: E731
     else:
         eye = jnp.eye(C, dtype=w.dtype)
         solve = lambda x: solve_triangular(w + eye, x, lower=True, unit_diagonal=True)  # noqa: E731
@@ -114,8 +132,12 @@ class ChunkTensors(NamedTuple):
     decay: jax.Array  # [..., 3]   (a_L, b_L, m_L)
 
 
-def prepare_chunks(x: CoreInputs, chunk_size: int) -> ChunkTensors:
-    """Everything that is parallel over chunks (spec 3.1-3.4): coefficients, WY representation, Gamma o QK^T."""
+def prepare_chunks(x: CoreInputs, chunk_size: int, operand_dtype=None) -> ChunkTensors:
+    """Everything that is parallel over chunks (spec 3.1-3.4): coefficients, WY representation, Gamma o QK^T.
+
+    operand_dtype: None (float32/float64 'highest' products: the reference) or the dtype of the operands of
+    the tensor-sized products (bf16 for bf16 inputs in the Pallas path; gate math stays in the compute dtype).
+    """
     B, Tp, HV, K = x.kt.shape
     nc = Tp // chunk_size
     dtype = x.qb.dtype
@@ -127,8 +149,8 @@ def prepare_chunks(x: CoreInputs, chunk_size: int) -> ChunkTensors:
     qb, kt, p, v = (chunked(a) for a in (x.qb, x.kt, x.p, x.v))
     la, lm, beta = (chunked(g[..., None])[..., 0] for g in (x.log_alpha, x.log_mu, x.beta))
     cf = chunk_coeffs(la, lm, beta)
-    u, y, z = wy_repr(kt, p, v, cf)
-    attn = jnp.einsum("...ik,...jk->...ij", qb, kt, precision=_HI) * cf.gamma
+    u, y, z = wy_repr(kt, p, v, cf, operand_dtype)
+    attn = _product(operand_dtype)("...ik,...jk->...ij", qb, kt) * cf.gamma
     decay = jnp.stack([cf.a[..., -1], cf.b[..., -1], cf.m[..., -1]], axis=-1)
     return ChunkTensors(qb, attn, u, y, z, kt * cf.gamma[..., -1, :, None], kt * cf.rho[..., None], cf.a, cf.b,
                         decay)

@@ -1,24 +1,14 @@
-"""`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels."""
+"""`implementation="pallas"`: chunk-local stage in XLA, the sequential pass with the output in Pallas kernels."""
 
 from __future__ import annotations
-
-import functools
-import os
 
 import jax
 import jax.numpy as jnp
 
-from mdn_jax.ops.chunked import chunk_output, prepare_chunks
+from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
-from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_pass import chunk_pass
-from mdn_jax.pallas.recurrence import recurrence
 from mdn_jax.pallas.tuning import block_config
-
-# Variants kept for side-by-side measurement (experiments/gpu_run.sh): MDN_PALLAS_LOCAL=0 computes the
-# chunk-local stage in XLA; MDN_FUSED=0 also computes the output in XLA after an unfused pass.
-PALLAS_LOCAL = os.environ.get("MDN_PALLAS_LOCAL", "1") != "0"
-FUSED_OUTPUT = os.environ.get("MDN_FUSED", "1") != "0"
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -34,36 +24,20 @@ def _pad_last(x: jax.Array, size: int, axis: int = -1) -> jax.Array:
     return jnp.pad(x, widths)
 
 
-def _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
-    """The chunk-local stage in jnp, in the layouts and dtypes of `chunk_local` (its VJP reference)."""
+def _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
+    """The chunk-local stage (XLA) in the kernel layouts: [B*HV, NC, C, ...], operands in op_dtype.
+
+    Measured on H100 (experiments/results/h100_2026-11-23_6beb320): XLA beats the Pallas/Triton kernel we
+    wrote for this stage (row-by-row inverse in registers) by 2.3 ms at S400, so it stays in XLA.
+    """
     x = CoreInputs(qb, kt, p, v, log_alpha, log_mu, beta, None, None, None, None)
-    t = prepare_chunks(x, chunk)
+    t = prepare_chunks(x, chunk, operand_dtype=None if op_dtype in (jnp.float32, jnp.float64) else op_dtype)
     B, HV, NC, C, K = t.y.shape
     rows = lambda a: a.reshape((B * HV, NC) + a.shape[3:])  # noqa: E731
     flat = lambda a: rows(a).astype(op_dtype)  # noqa: E731
     decay = _pad_last(t.decay, C).astype(jnp.float32)
     return (rows(t.a).astype(jnp.float32), rows(t.b).astype(jnp.float32), rows(decay), flat(t.qb), flat(t.attn),
             flat(t.u), flat(t.y), flat(t.z), flat(t.kg), flat(t.kr))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
-    if not PALLAS_LOCAL:
-        return _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype)
-    return chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype, interpret=interpret)
-
-
-def _local_stage_fwd(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
-    out = _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret)
-    return out, (qb, kt, p, v, log_alpha, log_mu, beta)
-
-
-def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
-    _, vjp = jax.vjp(functools.partial(_xla_local, chunk=chunk, op_dtype=op_dtype), *res)
-    return vjp(cot)
-
-
-_local_stage.defvjp(_local_stage_fwd, _local_stage_bwd)
 
 
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None):
@@ -86,31 +60,8 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
     v = _pad_last(x.v, Vp)
-    if not FUSED_OUTPUT:
-        return _unfused(x, chunk_size, Kp, Vp, s0, m0, op_dtype, cfg, interpret)
-    a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, C, op_dtype,
-                                                          interpret)
+    a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, C, op_dtype)
     o, fs, fm = chunk_pass(a, b, qbf, attn, u, y, z, kg, kr, decay, s0, m0, x.chunk_init, x.chunk_final,
                            cfg.block_v, interpret, cfg.num_warps)
     o = jnp.moveaxis(o.reshape(B, HV, NC * C, Vp)[..., :V], 1, 2)
-    return o, (fs[..., :K, :V], fm[..., :K, :V])
-
-
-def _unfused(x, chunk_size, Kp, Vp, s0, m0, op_dtype, cfg, interpret):
-    t = prepare_chunks(x, chunk_size)
-    B, HV, NC, C, K = t.y.shape
-    V = t.u.shape[-1]
-
-    def flat(a, size):  # [B, HV, NC, C, D] -> [B*HV, NC, C, size] in the operand dtype
-        return _pad_last(a, size).reshape(B * HV, NC, C, size).astype(op_dtype)
-
-    s_start, m_start, n, fs, fm = recurrence(
-        flat(t.u, Vp), flat(t.y, Kp), flat(t.z, Kp), flat(t.kg, Kp), flat(t.kr, Kp),
-        t.decay.reshape(B * HV, NC, 3), s0, m0, x.chunk_init, x.chunk_final,
-        cfg.block_v, interpret, cfg.num_warps)
-
-    def unflat(a, rows, cols):
-        return a.reshape((B, HV, NC) + a.shape[2:])[..., :rows, :cols]
-
-    o = chunk_output(t, unflat(s_start, K, V), unflat(m_start, K, V), unflat(n, C, V))
     return o, (fs[..., :K, :V], fm[..., :K, :V])
