@@ -249,8 +249,15 @@ def _sample_step_jit(backend: str):
 def stream_tokens(model, prompt: Sequence[int], *, max_new_tokens: int = 128, temperature: float = 0.0,
                   top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_tokens: Sequence[int] = (),
                   max_len: int | None = None, vocab_limit: int | None = None) -> Iterator[int]:
-    """Yield the new tokens of one prompt as they are produced (stops before a stop token)."""
+    """Yield the new tokens of one prompt as they are produced (stops before a stop token).
+
+    The prompt is checked when this is called (errors are raised before anything is yielded).
+    """
     L = _check_prompts([prompt], max_len, max_new_tokens)
+    return _stream_tokens(model, prompt, L, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, vocab_limit)
+
+
+def _stream_tokens(model, prompt, L, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens, vocab_limit):
     graphdef, state = nnx.split(model)
     V = model.config.vocab_size
     limit = jnp.int32(V if vocab_limit is None else min(int(vocab_limit), V))
@@ -269,13 +276,21 @@ def stream_tokens(model, prompt: Sequence[int], *, max_new_tokens: int = 128, te
 def stream_generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 128, temperature: float = 0.0,
                     top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop_tokens: Sequence[int] | None = None,
                     max_len: int | None = None) -> Iterator[str]:
-    """Yield pieces of generated text as tokens arrive (incomplete UTF-8 is held back until it completes)."""
+    """Yield pieces of generated text as tokens arrive (incomplete UTF-8 is held back until it completes).
+
+    The prompt is checked when this is called (errors are raised before anything is yielded).
+    """
     ids = _encode(tokenizer, [prompt])[0]
+    toks = stream_tokens(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, seed=seed, stop_tokens=_default_stop(tokenizer, stop_tokens), max_len=max_len,
+                         vocab_limit=tokenizer.vocab_size)
+    return _stream_text(tokenizer, toks)
+
+
+def _stream_text(tokenizer, toks) -> Iterator[str]:
     new: list[int] = []
     shown = ""
-    for tok in stream_tokens(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, seed=seed, stop_tokens=_default_stop(tokenizer, stop_tokens),
-                             max_len=max_len, vocab_limit=tokenizer.vocab_size):
+    for tok in toks:
         new.append(tok)
         text = tokenizer.decode(new)
         if text.endswith("\ufffd") or not text.startswith(shown):
