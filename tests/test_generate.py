@@ -144,3 +144,15 @@ def test_bad_input():
         generate_tokens(model, [[1] * L], max_len=L)
     with pytest.raises(UserError, match="checkpoint path not found"):
         load_model("/nonexistent/run")
+
+
+def test_load_converted_safetensors(tmp_path):
+    from mdn_jax.convert import save_safetensors
+
+    model, prompts, batch = _setup("tiny_mdn")
+    save_safetensors(model, tmp_path / "w.safetensors")
+    loaded, tok = load_model(safetensors=str(tmp_path / "w.safetensors"), config="tiny_mdn", tokenizer="byte")
+    assert tok.name == "byte"
+    assert generate_tokens(loaded, prompts, max_new_tokens=NEW, max_len=L, prefill_chunk=CHUNK) == batch
+    with pytest.raises(UserError, match="needs --config"):
+        load_model(safetensors=str(tmp_path / "w.safetensors"))
