@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mdn_jax.cli_eval import add_eval, add_stability
 from mdn_jax.errors import UserError
 
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdn-jax", description="Momentum DeltaNet in JAX")
     sub = parser.add_subparsers(dest="command", metavar="command")
     _add_train(sub)
+    add_eval(sub)
+    add_stability(sub)
     return parser
 
 
