@@ -128,9 +128,14 @@ def run_stability(checkpoint: str, data: str | None = None, seq_len: int | None 
     import jax
 
     from mdn_jax.data.pipeline import make_pipeline
+    from mdn_jax.data.sources import load_source
     from mdn_jax.evaluation.lm_eval import eval_source
     from mdn_jax.evaluation.restore import load_run
 
+    if (seq_len is not None and seq_len <= 0) or batch_size <= 0 or batches <= 0:
+        raise UserError("--seq-len, --batch-size and --batches must be positive")
+    if data is not None:
+        load_source(data)  # a bad path fails before the model is restored
     run = load_run(checkpoint)
     model = run.model()
     if not hasattr(model, "layers"):
@@ -139,8 +144,6 @@ def run_stability(checkpoint: str, data: str | None = None, seq_len: int | None 
     if not layers:
         raise UserError("the model has no MDN/GDN layers (a transformer): nothing to analyse")
     T = seq_len or run.cfg.seq_len
-    if T <= 0 or batch_size <= 0 or batches <= 0:
-        raise UserError("--seq-len, --batch-size and --batches must be positive")
     source = eval_source(run, data)
     pipe = make_pipeline(source, run.tokenizer, seq_len=T, batch_size=batch_size, num_epochs=1, shuffle=False,
                          prefetch=0)

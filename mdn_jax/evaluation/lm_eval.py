@@ -94,7 +94,8 @@ def evaluate_streaming(run, source, *, window: int, max_len: int | None = None,
     attention = _has_attention(model)
     if attention and max_len is None:
         max_len = int(getattr(model.config, "max_position_embeddings", 2048))
-    step = make_window_step(run)
+    step = getattr(run, "_window_step", None) or make_window_step(run)
+    run._window_step = step  # reuse the compiled step across calls on this run
     eos = run.tokenizer.eos_id
     total, count, docs, windows = 0.0, 0.0, 0, 0
     for i in range(len(source)):
@@ -142,16 +143,20 @@ def run_eval(checkpoint: str, data: str | None = None, tokenizer: str | None = N
              window: int | None = None, batch_size: int = 8, max_batches: int | None = None,
              max_len: int | None = None, max_tokens: int | None = None) -> dict:
     """The `mdn-jax eval` command as a function (see `mdn_jax.cli_eval`)."""
+    from mdn_jax.data.sources import load_source
     from mdn_jax.evaluation.restore import load_run
 
+    for name, v in (("--window", window), ("--seq-len", seq_len), ("--batch-size", batch_size)):
+        if v is not None and v <= 0:
+            raise UserError(f"{name} must be positive, got {v}")
+    if data is not None:
+        load_source(data)  # a bad path fails before the model is restored
     run = load_run(checkpoint, tokenizer)
     source = eval_source(run, data)
     if window is not None:
         out = evaluate_streaming(run, source, window=window, max_len=max_len, max_tokens=max_tokens)
     else:
         T = seq_len or run.cfg.seq_len
-        if T <= 0:
-            raise UserError(f"--seq-len must be positive, got {T}")
         out = evaluate_packed(run, source, seq_len=T, batch_size=batch_size, max_batches=max_batches)
     out.update({"checkpoint": run.directory, "step": run.step, "data": data or f"{run.cfg.data} (held-out split)"})
     return out
