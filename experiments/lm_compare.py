@@ -1,7 +1,7 @@
 """Language modelling at small scale: MDN vs GDN (mu = 0) vs Transformer of matched parameter count.
 
     python experiments/lm_compare.py --preset cpu-smoke     # tiny models, a few steps, bytes, CPU
-    python experiments/lm_compare.py --preset gpu           # ~27M non-embedding params each, GPT-2 BPE (GPU)
+    python experiments/lm_compare.py --preset gpu           # ~25M non-embedding params each, GPT-2 BPE (GPU)
     python experiments/lm_compare.py --preset gpu --data /path/corpus.jsonl   # a larger local corpus
 
 Every model is trained by `mdn_jax.train.loop.train` on the same data, seed, batch, sequence length and number
