@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mdn_jax.cli_eval import add_eval, add_stability
 from mdn_jax.errors import UserError
 
 
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     _add_train(sub)
     _add_generate(sub)
+    add_eval(sub)
+    add_stability(sub)
     return parser
 
 

@@ -28,28 +28,36 @@ def _cast(params, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
-def make_loss_fn(setup: TrainSetup):
-    """loss_fn(params, tokens, segment_ids) -> (float32 loss sum, token count)."""
-    cdt = jnp.dtype(setup.cfg.compute_dtype)
+BATCH_KEYS = ("tokens", "segment_ids")
 
-    def loss_fn(params, tokens, segment_ids):
-        model = setup.merge(_cast(params, cdt))
-        return lm_loss_sum(model, tokens, segment_ids, setup.cfg.loss_chunk)
+
+def make_loss_fn(setup: TrainSetup, model_loss=None):
+    """loss_fn(params, batch) -> (float32 loss sum, token count).
+
+    model_loss(model, batch) -> (loss sum, count) on the merged model (params cast to cfg.compute_dtype);
+    default: next-token LM loss of batch["tokens"] / batch["segment_ids"] ([B, T] int32).
+    """
+    cdt = jnp.dtype(setup.cfg.compute_dtype)
+    if model_loss is None:
+        model_loss = lambda m, b: lm_loss_sum(m, b["tokens"], b["segment_ids"], setup.cfg.loss_chunk)
+
+    def loss_fn(params, batch):
+        return model_loss(setup.merge(_cast(params, cdt)), batch)
 
     return loss_fn
 
 
-def make_train_step(setup: TrainSetup):
+def make_train_step(setup: TrainSetup, model_loss=None, batch_keys=BATCH_KEYS):
+    """The jitted train step; `model_loss` as in `make_loss_fn`, batch: {key: [B, T] array for key in batch_keys}."""
     cfg, mesh = setup.cfg, setup.mesh
-    loss_fn = make_loss_fn(setup)
+    loss_fn = make_loss_fn(setup, model_loss)
     schedule = lr_schedule(cfg)
     A = cfg.grad_accum
     micro_sh = NamedSharding(mesh, P(None, shd.BATCH_AXES, None))
 
     def step(state, batch):
         params = state["params"]
-        tokens, seg = batch["tokens"], batch["segment_ids"]
-        B, T = tokens.shape
+        B, T = batch[batch_keys[0]].shape[:2]
 
         def split(x):  # [B, T] -> [A, B/A, T], micro-batch a = rows {i*A + a}
             x = x.reshape(B // A, A, T).swapaxes(0, 1)
@@ -57,16 +65,16 @@ def make_train_step(setup: TrainSetup):
 
         def micro(carry, mb):
             g_acc, l_acc, c_acc = carry
-            (l, c), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb[0], mb[1])
+            (l, c), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
             g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
             return (g_acc, l_acc + l, c_acc + c), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         if A == 1:
-            (grads, loss_sum, count), _ = micro(init, (tokens, seg))
+            (grads, loss_sum, count), _ = micro(init, batch)
         else:
-            (grads, loss_sum, count), _ = jax.lax.scan(micro, init, (split(tokens), split(seg)))
+            (grads, loss_sum, count), _ = jax.lax.scan(micro, init, {k: split(v) for k, v in batch.items()})
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         if cfg.debug_nan_step >= 0:
@@ -92,15 +100,14 @@ def make_train_step(setup: TrainSetup):
 
     bsh = shd.batch_sharding(mesh)
     rep = shd.replicated(mesh)
-    return jax.jit(step, in_shardings=(setup.state_shardings, {"tokens": bsh, "segment_ids": bsh}),
+    return jax.jit(step, in_shardings=(setup.state_shardings, {k: bsh for k in batch_keys}),
                    out_shardings=(setup.state_shardings, rep), donate_argnums=0)
 
 
-def make_eval_step(setup: TrainSetup):
-    """eval_step(params, batch) -> (float32 loss sum, token count)."""
-    loss_fn = make_loss_fn(setup)
+def make_eval_step(setup: TrainSetup, model_loss=None, batch_keys=BATCH_KEYS):
+    """eval_step(params, batch) -> (float32 loss sum, token count); arguments as in `make_train_step`."""
+    loss_fn = make_loss_fn(setup, model_loss)
     bsh = shd.batch_sharding(setup.mesh)
     rep = shd.replicated(setup.mesh)
-    return jax.jit(lambda p, b: loss_fn(p, b["tokens"], b["segment_ids"]),
-                   in_shardings=(setup.state_shardings["params"], {"tokens": bsh, "segment_ids": bsh}),
+    return jax.jit(loss_fn, in_shardings=(setup.state_shardings["params"], {k: bsh for k in batch_keys}),
                    out_shardings=(rep, rep))

@@ -1,0 +1,54 @@
+"""Shared helpers of the experiment scripts: run metadata, model configs of matched size, result files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+
+import jax
+
+
+def run_info() -> dict:
+    """Device, JAX version, date (UTC) and git commit of this run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        commit = None
+    dev = jax.devices()[0]
+    return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}", "n_devices": jax.device_count(),
+            "jax": jax.__version__, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": commit}
+
+
+def model_dict(kind: str, width: int, layers: int, vocab: int, max_len: int, head_dim: int = 64,
+               chunk_size: int = 64, tie: bool = False) -> dict:
+    """A ModelConfig dict for kind 'mdn' | 'gdn' | 'transformer' of hidden size `width`.
+
+    MDN/GDN: num_heads = max(1, width // (2 head_dim)) key heads of head_dim (key_dim ~ width/2), expand_v 2, so
+    the mixer has ~4 width^2 parameters like attention's q, k, v, o; GDN is the same layer with mu = 0.
+    Transformer: max(1, width // head_dim) heads. All: SwiGLU of intermediate size 8/3 width (rounded to 8).
+    """
+    hd = min(head_dim, width)
+    common = dict(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, tie_word_embeddings=tie,
+                  intermediate_size=max(8, int(round(width * 8 / 3 / 8)) * 8), max_position_embeddings=max_len,
+                  chunk_size=chunk_size, initializer_range=0.02)
+    if kind == "transformer":
+        return dict(common, model_type="transformer", num_heads=max(1, width // hd), head_dim=hd)
+    nh = max(1, width // (2 * hd))
+    kd = min(hd, max(8, width // (2 * nh)))
+    mt = {"mdn": "momentum_deltanet", "gdn": "gated_deltanet"}[kind]
+    return dict(common, model_type=mt, num_heads=nh, head_dim=kd, expand_v=2.0)
+
+
+def write_results(out_dir: str, name: str, payload: dict, markdown: str) -> tuple[str, str]:
+    """Write `<name>.json` and `<name>.md` under out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    jp, mp = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md")
+    with open(jp, "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(mp, "w") as f:
+        f.write(markdown)
+    return jp, mp

@@ -1,0 +1,143 @@
+"""Plots of the experiment results (PNG, matplotlib; `pip install 'mdn-jax[experiments]'`).
+
+    python experiments/plots.py [--results experiments/results] [--runs runs/lm_compare]
+
+* mqar_<preset>.json      -> mqar_<preset>.png: accuracy vs model width, one panel per sequence length
+* <runs>/*/metrics.jsonl  -> loss_curves.png: train (and eval) loss vs step, one line per run
+* bench_ops.json          -> kernel_time.png: forward and forward+backward time vs T per implementation
+                             (rows with case, impl, T, fwd_ms, fwd_bwd_ms)
+Inputs that are missing are skipped with a note; without matplotlib the script says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from collections import defaultdict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_mqar(path: str, out: str, plt) -> str:
+    """Accuracy vs width per (seq_len, kv pairs), one line per model (best lr of each cell)."""
+    res = json.load(open(path))
+    best = res.get("best") or res["cells"]
+    tasks = sorted({(c["seq_len"], c["kv_pairs"]) for c in best})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False, sharey=True)
+    for ax, (T, kv) in zip(axes[0], tasks, strict=True):
+        for kind in sorted({c["model"] for c in best}):
+            pts = sorted((c["width"], c["accuracy"]) for c in best
+                         if c["model"] == kind and c["seq_len"] == T and c["kv_pairs"] == kv)
+            ax.plot([w for w, _ in pts], [a for _, a in pts], marker="o", label=kind)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"T={T}, kv={kv}")
+        ax.set_xlabel("model width")
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("MQAR accuracy")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"MQAR ({res.get('preset')}, {res.get('device')}, {res.get('commit')})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_loss_curves(metrics_files: list[str], out: str, plt) -> str:
+    """Train (solid) and eval (dashed, markers) loss vs step from metrics.jsonl files."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for path in metrics_files:
+        name = os.path.basename(os.path.dirname(path))
+        curves = defaultdict(list)
+        for line in open(path):
+            r = json.loads(line)
+            if "loss" in r:
+                curves[r.get("split", "train")].append((r["step"], r["loss"]))
+        line = None
+        if curves["train"]:
+            (line,) = ax.plot(*zip(*curves["train"], strict=True), label=f"{name} train")
+        if curves["eval"]:
+            ax.plot(*zip(*curves["eval"], strict=True), ls="--", marker="o", ms=3,
+                    color=line.get_color() if line else None, label=f"{name} eval")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_kernel_time(path: str, out: str, plt) -> str:
+    """fwd and fwd+bwd milliseconds vs T (log-log), one line per implementation."""
+    data = json.load(open(path))
+    rows = data["rows"] if isinstance(data, dict) else data
+    by_impl = defaultdict(list)
+    for r in rows:
+        if r.get("T") and r.get("fwd_ms") is not None:
+            by_impl[r["impl"]].append((r["T"], r["fwd_ms"], r.get("fwd_bwd_ms")))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for impl, pts in sorted(by_impl.items()):
+        pts.sort()
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        bw = [(p[0], p[2]) for p in pts if p[2] is not None]
+        if bw:
+            axes[1].plot(*zip(*bw, strict=True), marker="o", label=impl)
+    for ax, t in zip(axes, ("forward", "forward + backward"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel("ms")
+        ax.set_title(t)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    ap.add_argument("--runs", default="runs/lm_compare", help="directory whose */metrics.jsonl are plotted")
+    ap.add_argument("--out", help="where PNGs go (default: --results)")
+    args = ap.parse_args(argv)
+    plt = _plt()
+    if plt is None:
+        print("matplotlib is not installed (pip install 'mdn-jax[experiments]'): no plots made")
+        return 0
+    out = args.out or args.results
+    os.makedirs(out, exist_ok=True)
+    made = []
+    for path in sorted(glob.glob(os.path.join(args.results, "mqar_*.json"))):
+        made.append(plot_mqar(path, os.path.join(out, os.path.basename(path)[:-5] + ".png"), plt))
+    metrics = sorted(glob.glob(os.path.join(args.runs, "*", "metrics.jsonl")))
+    if metrics:
+        made.append(plot_loss_curves(metrics, os.path.join(out, "loss_curves.png"), plt))
+    else:
+        print(f"note: no {args.runs}/*/metrics.jsonl: no loss curves")
+    bench = os.path.join(args.results, "bench_ops.json")
+    if os.path.exists(bench):
+        made.append(plot_kernel_time(bench, os.path.join(out, "kernel_time.png"), plt))
+    else:
+        print(f"note: no {bench}: no kernel-time plot")
+    for m in made:
+        print(f"wrote {m}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

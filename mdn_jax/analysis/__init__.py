@@ -1,0 +1,1 @@
+"""Analysis of trained models (stability of the learned MDN gates)."""

@@ -1,0 +1,1 @@
+"""Evaluation of trained runs: restoring a run directory, held-out loss (packed or streamed), the `eval` CLI."""
