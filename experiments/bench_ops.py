@@ -102,11 +102,44 @@ def bench_case(name, shape, impls, reps):
     return rows
 
 
+def bench_decode(batches, H=6, K=128, V=256, reps=50):
+    """Latency of one recurrent decode step (jnp step, jit) at the S400 head shape."""
+    from mdn_jax.ops import momentum_delta_rule_step
+
+    rows = []
+    for B in batches:
+        keys = jax.random.split(jax.random.PRNGKey(B), 6)
+        n = jax.random.normal
+        q, k, v = n(keys[0], (B, H, K), jnp.bfloat16), n(keys[1], (B, H, K), jnp.bfloat16), n(keys[2], (B, H, V),
+                                                                                              jnp.bfloat16)
+        la = jax.nn.log_sigmoid(n(keys[3], (B, H))) / 8
+        lm = jnp.maximum(jax.nn.log_sigmoid(n(keys[4], (B, H))) / 8, -2.0)
+        beta, eta = jax.nn.sigmoid(n(keys[5], (B, H))), jnp.ones((B, H))
+        state = (n(keys[0], (B, H, K, V)), n(keys[1], (B, H, K, V)))
+        step = jax.jit(momentum_delta_rule_step, donate_argnums=(7,))
+        args = (q, k, v, la, lm, beta, eta)
+        _, state = step(*args, state)
+        jax.block_until_ready(state)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            _, state = step(*args, state)
+            jax.block_until_ready(state)
+            times.append(time.perf_counter() - t0)
+        row = dict(case="decode_step", impl="jnp", B=B, H=H, K=K, V=V, step_us=statistics.median(times) * 1e6)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def markdown(rows, meta):
     lines = [f"Device: {meta['device']}; date {meta['date']}; commit {meta['commit']}; jax {meta['jax']}", "",
              "| case | impl | fwd ms | fwd+bwd ms | fwd mem GiB | fwd+bwd mem GiB | fwd TFLOP/s | rel err |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        if r["case"] == "decode_step":
+            lines.append(f"| decode step B={r['B']} | {r['impl']} | {r['step_us']:.1f} us | | | | | |")
+            continue
         if "error" in r:
             lines.append(f"| {r['case']} | {r['impl']} | error: {r['error'][:80]} | | | | | |")
             continue
@@ -123,6 +156,7 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default="experiments/results")
     ap.add_argument("--tag", default="bench_ops")
+    ap.add_argument("--decode", default="1,16,256", help="decode-step batch sizes ('' to skip)")
     a = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(device=str(jax.devices()[0].device_kind), date=datetime.date.today().isoformat(),
@@ -130,6 +164,8 @@ def main():
     rows = []
     for case in a.cases.split(","):
         rows += bench_case(case, SHAPES[case], a.impls.split(","), a.reps)
+    if a.decode:
+        rows += bench_decode([int(b) for b in a.decode.split(",")])
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, f"{a.tag}.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
