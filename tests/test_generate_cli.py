@@ -2,7 +2,7 @@
 its run directory, params export and checkpoint step; bad input exits 2 with one error line."""
 
 import pytest
-from train_cli import run_cli
+from train_cli import one_line_error, run_cli
 
 TRAIN = ["model=tiny_mdn", "steps=3", "seq_len=32", "batch_size=4", "log_every=1", "eval_every=0", "sample_tokens=0",
          "progress=false", "tensorboard=false", "warmup_steps=1"]
@@ -13,14 +13,6 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "run"
     run_cli(["train", "--out", str(out), *TRAIN])
     return out
-
-
-def _err(p):
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert "Traceback" not in p.stderr
-    lines = [line for line in p.stderr.splitlines() if line.startswith("mdn-jax: error:")]
-    assert len(lines) == 1, p.stderr[-2000:]
-    return lines[0]
 
 
 def test_generate_streams_text(run_dir):
@@ -46,4 +38,4 @@ def test_generate_batch_from_params_and_step(run_dir):
 ])
 def test_bad_input(run_dir, args, msg):
     args = [str(run_dir) if a == "RUN" else a for a in args]
-    assert msg in _err(run_cli(["generate", *args], check=False))
+    assert msg in one_line_error(run_cli(["generate", *args], check=False))

@@ -6,6 +6,8 @@ compiled through Triton and compared in bf16 and fp32 with the fp32 references.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,25 +47,35 @@ def make_inputs(seed, B, T, H, K, V, HV=None, dtype=jnp.float32, gates="random",
     return dict(q=cast(q), k=cast(k), v=cast(v), log_alpha=la, log_mu=lm, beta=beta, eta=eta, p=cast(p)), init
 
 
-def run(impl, inputs, init, chunk_size=64, **kw):
-    return momentum_delta_rule(**inputs, initial_state=init, output_final_state=True, implementation=impl,
-                               chunk_size=chunk_size, **kw)
+@functools.cache
+def _op(impl, chunk_size, p_times_alpha):
+    """The op jitted once per static configuration (array arguments are traced)."""
+    def f(inputs, init, cu_seqlens, segment_ids):
+        return momentum_delta_rule(**inputs, initial_state=init, output_final_state=True, implementation=impl,
+                                   chunk_size=chunk_size, p_times_alpha=p_times_alpha, cu_seqlens=cu_seqlens,
+                                   segment_ids=segment_ids)
+    return f
 
 
-def grads(impl, inputs, init, chunk_size=64, seed=0, **kw):
+def run(impl, inputs, init, chunk_size=64, p_times_alpha=True, cu_seqlens=None, segment_ids=None):
+    return jax.jit(_op(impl, chunk_size, p_times_alpha))(inputs, init, cu_seqlens, segment_ids)
+
+
+def grads(impl, inputs, init, chunk_size=64, seed=0, p_times_alpha=True, cu_seqlens=None, segment_ids=None):
     """Gradients of a random linear functional of (o, S_T, M_T) w.r.t. every input."""
     names = [n for n in ("q", "k", "v", "log_alpha", "log_mu", "beta", "eta", "p") if inputs[n] is not None]
+    o, (S, _) = run(impl, inputs, init, chunk_size, p_times_alpha, cu_seqlens, segment_ids)
     rng = np.random.default_rng(seed + 1000)
+    wo = jnp.asarray(rng.standard_normal(o.shape), jnp.float32)
+    ws = jnp.asarray(rng.standard_normal(S.shape), jnp.float32)
+    op = _op(impl, chunk_size, p_times_alpha)
 
     def loss(diff, init):
-        o, (S, M) = momentum_delta_rule(**{**inputs, **diff}, initial_state=init, output_final_state=True,
-                                        implementation=impl, chunk_size=chunk_size, **kw)
-        wo = jnp.asarray(rng.standard_normal(o.shape), jnp.float32)
-        ws = jnp.asarray(rng.standard_normal(S.shape), jnp.float32)
+        o, (S, M) = op({**inputs, **diff}, init, cu_seqlens, segment_ids)
         return (o.astype(jnp.float32) * wo).sum() + (S * ws).sum() - (M * ws).sum()
 
     diff = {n: inputs[n] for n in names}
-    g, g_init = jax.grad(loss, argnums=(0, 1))(diff, init)
+    g, g_init = jax.jit(jax.grad(loss, argnums=(0, 1)))(diff, init)
     out = dict(g)
     if init is not None:
         out["S0"], out["M0"] = g_init
@@ -94,10 +106,8 @@ def assert_grads_close(g, g_ref, tol, what=""):
 # ---------------------------------------------------------------- CPU: interpret mode (the same kernels)
 
 
-@pytest.mark.parametrize("T", [1, 63, 64, 130])
-@pytest.mark.parametrize("KV", [(32, 32), (64, 32)])
-def test_interpret_forward_and_grads(T, KV):
-    K, V = KV
+@pytest.mark.parametrize("T,K,V", [(1, 32, 32), (63, 32, 32), (130, 32, 32), (64, 64, 32)])
+def test_interpret_forward_and_grads(T, K, V):
     inputs, init = make_inputs(T * 7 + K, B=2, T=T, H=2, K=K, V=V, with_init=T % 2 == 0)
     ref = run("xla", inputs, init)
     assert_close(run("pallas", inputs, init), ref, 1e-4, f"T={T}")

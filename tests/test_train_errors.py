@@ -1,15 +1,7 @@
 """Bad input gives one clear line on stderr and exit status 2 (no traceback)."""
 
 import pytest
-from train_cli import TINY, run_cli
-
-
-def _err(p):
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert "Traceback" not in p.stderr
-    lines = [line for line in p.stderr.splitlines() if line.startswith("mdn-jax: error:")]
-    assert len(lines) == 1, p.stderr[-2000:]
-    return lines[0]
+from train_cli import TINY, one_line_error, run_cli
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -20,16 +12,16 @@ def _err(p):
 ])
 def test_bad_input(tmp_path, args, msg):
     p = run_cli(["train", "--out", str(tmp_path / "o"), *TINY, *args], check=False)
-    assert msg in _err(p)
+    assert msg in one_line_error(p)
 
 
 def test_empty_corpus(tmp_path):
     (tmp_path / "empty").mkdir()
     p = run_cli(["train", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "empty"), *TINY], check=False)
-    assert "empty corpus" in _err(p)
+    assert "empty corpus" in one_line_error(p)
 
 
 def test_batch_not_divisible_by_data_parallel(tmp_path):
     p = run_cli(["train", "--out", str(tmp_path / "o"), *TINY, "batch_size=4"], check=False,
                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-    assert "not divisible by the data-parallel size 8" in _err(p)
+    assert "not divisible by the data-parallel size 8" in one_line_error(p)

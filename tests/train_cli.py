@@ -20,3 +20,12 @@ def run_cli(args, env_extra=None, timeout=240, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p
+
+
+def one_line_error(p):
+    """The single `mdn-jax: error:` line of a CLI run that failed cleanly (exit 2, no traceback)."""
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.startswith("mdn-jax: error:")]
+    assert len(lines) == 1, p.stderr[-2000:]
+    return lines[0]
