@@ -18,7 +18,7 @@ train: setup
 	$(BIN)/mdn-jax train
 
 test: setup
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q -n 2 --durations=15
 
 lint: setup
 	$(BIN)/ruff check mdn_jax tests experiments
