@@ -42,7 +42,7 @@ class TrainConfig:
     grad_accum: int = 1                   # micro-batches per step (scan inside the step)
     prefetch: int = 2
     # optimisation
-    steps: int = 200                      # schedule length and last step
+    steps: int = 600                      # schedule length and last step
     stop_at_step: int = 0                 # stop (with a checkpoint) after this step; 0 = run to `steps`
     lr: float = 3e-3
     lr_min_ratio: float = 0.1             # cosine decays to lr * lr_min_ratio
@@ -77,6 +77,7 @@ class TrainConfig:
     peak_flops: float = 0.0               # per-device peak FLOP/s for MFU; 0 = from the device kind
     sample_prompt: str = "ROMEO:\n"
     sample_tokens: int = 200
+    sample_temperature: float = 0.8      # 0 = greedy
     debug_nan_step: int = -1              # testing: make step N's gradients NaN (it must be skipped)
 
     def validate(self) -> TrainConfig:

@@ -24,7 +24,6 @@ from mdn_jax.train.config import TrainConfig
 from mdn_jax.train.flops import device_peak_flops, flops_per_token
 from mdn_jax.train.metrics import MetricsLogger
 from mdn_jax.train.model_api import model_factory
-from mdn_jax.train.sample import greedy_sample
 from mdn_jax.train.state import abstract_state, init_state, make_setup
 from mdn_jax.train.step import make_eval_step, make_train_step
 
@@ -192,8 +191,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 if pidx == 0 and step >= last:
                     export_params(state["params"], os.path.join(cfg.out, "params"))
                 if cfg.sample_tokens > 0:
-                    sample = greedy_sample(setup, state["params"], tokenizer, cfg.sample_prompt, cfg.sample_tokens,
-                                           cfg.seq_len)
+                    sample = _sample(setup.merge(state["params"]), tokenizer, cfg)
                     logger.print("sample:\n" + sample)
     finally:
         logger.close()
@@ -201,3 +199,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ckpt.close()
     return {"step": step, "losses": losses, "eval": evals, "sample": sample,
             "skipped": int(jax.device_get(state["skipped"])), "state": state}
+
+
+def _sample(model, tokenizer, cfg) -> str:
+    """A short continuation of `cfg.sample_prompt` (cached generation, top-k sampling), or why there is none."""
+    if not hasattr(model, "init_cache"):
+        return "(no sample: the model has no init_cache for generation)"
+    from mdn_jax.inference import generate
+
+    text = generate(model, tokenizer, [cfg.sample_prompt], max_new_tokens=cfg.sample_tokens,
+                    temperature=cfg.sample_temperature, top_k=40, seed=cfg.seed)[0]
+    return cfg.sample_prompt + text
