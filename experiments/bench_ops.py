@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -102,12 +103,12 @@ def bench_case(name, shape, impls, reps):
     return rows
 
 
-def bench_decode(batches, H=6, K=128, V=256, reps=50):
-    """Latency of one recurrent decode step (jnp step, jit) at the S400 head shape."""
+def bench_decode(batches, H=6, K=128, V=256, reps=50, impls=("jnp", "pallas")):
+    """Latency of one recurrent decode step (jit, state donated) at the S400 head shape, per implementation."""
     from mdn_jax.ops import momentum_delta_rule_step
 
     rows = []
-    for B in batches:
+    for B, impl in ((B, impl) for B in batches for impl in impls):
         keys = jax.random.split(jax.random.PRNGKey(B), 6)
         n = jax.random.normal
         q, k, v = n(keys[0], (B, H, K), jnp.bfloat16), n(keys[1], (B, H, K), jnp.bfloat16), n(keys[2], (B, H, V),
@@ -116,7 +117,7 @@ def bench_decode(batches, H=6, K=128, V=256, reps=50):
         lm = jnp.maximum(jax.nn.log_sigmoid(n(keys[4], (B, H))) / 8, -2.0)
         beta, eta = jax.nn.sigmoid(n(keys[5], (B, H))), jnp.ones((B, H))
         state = (n(keys[0], (B, H, K, V)), n(keys[1], (B, H, K, V)))
-        step = jax.jit(momentum_delta_rule_step, donate_argnums=(7,))
+        step = jax.jit(functools.partial(momentum_delta_rule_step, implementation=impl), donate_argnums=(7,))
         args = (q, k, v, la, lm, beta, eta)
         _, state = step(*args, state)
         jax.block_until_ready(state)
@@ -126,7 +127,7 @@ def bench_decode(batches, H=6, K=128, V=256, reps=50):
             _, state = step(*args, state)
             jax.block_until_ready(state)
             times.append(time.perf_counter() - t0)
-        row = dict(case="decode_step", impl="jnp", B=B, H=H, K=K, V=V, step_us=statistics.median(times) * 1e6)
+        row = dict(case="decode_step", impl=impl, B=B, H=H, K=K, V=V, step_us=statistics.median(times) * 1e6)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdn_jax.ops import momentum_delta_rule
+from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.pallas import common
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -204,3 +204,40 @@ def test_gpu_varlen():
     rng = np.random.default_rng(0)
     init = tuple(jnp.asarray(rng.standard_normal((4, 2, 128, 128)), jnp.float32) for _ in range(2))
     assert_close(run("pallas", inputs, init, cu_seqlens=cu), run("xla", ref_inputs, init, cu_seqlens=cu), 1e-2)
+
+
+# ---------------------------------------------------------------- decode-step kernel
+
+
+def _step_inputs(seed, B, H, HV, K, V):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+    args = (f(B, H, K), f(B, H, K), f(B, HV, V), jax.nn.log_sigmoid(f(B, HV)),
+            jnp.maximum(jax.nn.log_sigmoid(f(B, HV)), -2.0), 0.5 * jax.nn.sigmoid(f(B, HV)),
+            jnp.asarray(rng.uniform(0.0, 2.0, (B, HV)), jnp.float32))
+    return args, (f(B, HV, K, V), f(B, HV, K, V))
+
+
+@pytest.mark.parametrize("B", [1, 5])
+def test_decode_kernel_matches_jnp_step(B):
+    """A few decode steps with the Pallas kernel == the jnp step (grouped heads, donated state under jit)."""
+    step = jax.jit(momentum_delta_rule_step, static_argnames="implementation", donate_argnums=(7,))
+    args, state = _step_inputs(B, B, 2, 4, 32, 64)
+    ref_state = state
+    state = jax.tree.map(jnp.copy, state)
+    for t in range(3):
+        args_t = tuple(a * (1.0 + 0.1 * t) if a.ndim == 3 else a for a in args)
+        o_ref, ref_state = momentum_delta_rule_step(*args_t, ref_state)
+        o, state = step(*args_t, state, implementation="pallas")
+        assert rel(o, o_ref) < 1e-5
+    assert rel(state[0], ref_state[0]) < 1e-5 and rel(state[1], ref_state[1]) < 1e-5
+
+
+@gpu
+@pytest.mark.parametrize("B", [1, 16, 256])
+def test_gpu_decode_kernel(B):
+    args, state = _step_inputs(B, B, 6, 6, 128, 256)
+    o_ref, (S_ref, M_ref) = momentum_delta_rule_step(*args, state)
+    o, (S, M) = jax.jit(momentum_delta_rule_step, static_argnames="implementation")(*args, state,
+                                                                                   implementation="pallas")
+    assert rel(o, o_ref) < 1e-5 and rel(S, S_ref) < 1e-5 and rel(M, M_ref) < 1e-5

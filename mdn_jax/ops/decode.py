@@ -31,15 +31,19 @@ def _validate_step(q, k, v, gates, p, state):
 
 
 def momentum_delta_rule_step(q, k, v, log_alpha, log_mu, beta, eta, state, p=None, *, scale=None,
-                             l2norm_qk=True, p_times_alpha=True):
+                             l2norm_qk=True, p_times_alpha=True, implementation="jnp"):
     """One token of the recurrence for every row.
 
     q, k, p: [B, H, K]; v: [B, HV, V]; gates: [B, HV]; state: (S, M) each [B, HV, K, V] (float32).
+    implementation: 'jnp' (default) or 'pallas' (`mdn_jax.pallas.decode`: one kernel, states updated in place
+    when donated; interpret mode without a GPU; K and V powers of two >= 16).
     Returns (o [B, HV, V] in q's dtype, (S, M) new states in the state dtype).
     """
+    if implementation not in ("jnp", "pallas"):
+        raise ValueError(f"implementation must be 'jnp' or 'pallas', got {implementation!r}")
     _validate_step(q, k, v, dict(log_alpha=log_alpha, log_mu=log_mu, beta=beta, eta=eta), p, state)
     S, M = state
-    dtype = S.dtype
+    dtype, out_dtype = S.dtype, q.dtype
     K = q.shape[-1]
     group = v.shape[1] // q.shape[1]
     scale = K ** -0.5 if scale is None else scale
@@ -53,11 +57,16 @@ def momentum_delta_rule_step(q, k, v, log_alpha, log_mu, beta, eta, state, p=Non
     if p_times_alpha:
         p = jnp.exp(la)[..., None] * p
     kt = eta[..., None] * k
+    if implementation == "pallas":
+        from mdn_jax.pallas.decode import decode_step  # imported lazily: Pallas is not needed on the jnp path
+
+        o, S, M = decode_step(scale * q, kt, p, v, jnp.exp(la), jnp.exp(lm), beta, S, M)
+        return o.astype(out_dtype), (S, M)
     r = jnp.einsum("bhk,bhkv->bhv", p, S, precision="highest") - v.astype(dtype)
     M = jnp.exp(lm)[..., None, None] * M + kt[..., :, None] * r[..., None, :]
     S = jnp.exp(la)[..., None, None] * S - beta[..., None, None] * M
     o = jnp.einsum("bhk,bhkv->bhv", scale * q, S, precision="highest")
-    return o.astype(v.dtype), (S, M)
+    return o.astype(out_dtype), (S, M)
 
 
 __all__ = ["momentum_delta_rule_step"]
