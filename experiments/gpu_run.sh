@@ -5,10 +5,15 @@
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# Carried wheels (e.g. flash-linear-attention and fla-core 0.6.0 for the parity test), if any:
+#   here: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl flash-linear-attention==0.6.0 fla-core==0.6.0
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/device.txt"
 echo "commit ${MDN_COMMIT:-unknown}" | tee -a "$OUT/device.txt"
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/test_pallas.py -k gpu -v -p no:cacheprovider --durations=8 \
+timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "gpu or fla" -v -p no:cacheprovider --durations=8 \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
 IFS=';' read -ra variants <<< "${VARIANTS:-MDN_PALLAS_LOCAL=1;MDN_PALLAS_LOCAL=0;MDN_FUSED=0}"
 for v in "${variants[@]}"; do
