@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
 from mdn_jax.ops.core import CoreInputs, record_final, start_state
 
@@ -26,7 +25,6 @@ class ChunkCoeffs(NamedTuple):
     b: jax.Array  # [..., C]
     gamma: jax.Array  # [..., C, C]  Gamma (lower triangular, diagonal = beta)
     rho: jax.Array  # [..., C]      m_L / m_tau
-    d_mu: jax.Array  # [..., C, C]  exp(seg(log mu))
 
 
 def segment_decay(log_gate: jax.Array) -> jax.Array:
@@ -53,7 +51,7 @@ def chunk_coeffs(log_alpha: jax.Array, log_mu: jax.Array, beta: jax.Array) -> Ch
     m = jnp.exp(jnp.cumsum(log_mu, axis=-1))
     gamma = jnp.einsum("...tl,...lj->...tj", d_alpha, beta[..., :, None] * d_mu, precision=_HI)
     b = jnp.einsum("...tl,...l->...t", d_alpha, beta * m, precision=_HI)
-    return ChunkCoeffs(a, m, b, gamma, d_mu[..., -1, :], d_mu)
+    return ChunkCoeffs(a, m, b, gamma, d_mu[..., -1, :])
 
 
 def shift_down(x: jax.Array) -> jax.Array:
@@ -100,21 +98,14 @@ def _product(operand_dtype):
 def wy_repr(kt, p, v, cf: ChunkCoeffs, operand_dtype=None):
     """U = T V, Y = T diag(d) P, Z = T diag(e) P with T = (I + W)^-1 (spec 3.4).
 
-    kt, p: [..., C, K]; v: [..., C, V]. Returns U [..., C, V], Y, Z [..., C, K].
-    The inverse is by blockwise doubling for power-of-two C, forward substitution otherwise.
+    kt, p: [..., C, K]; v: [..., C, V] (C in 16/32/64). Returns U [..., C, V], Y, Z [..., C, K].
     """
-    C = kt.shape[-2]
     mm = _product(operand_dtype)
     w = mm("...ik,...jk->...ij", p, kt) * shift_down(cf.gamma)
     d = jnp.concatenate([jnp.ones_like(cf.a[..., :1]), cf.a[..., :-1]], axis=-1)
     e = jnp.concatenate([jnp.zeros_like(cf.b[..., :1]), cf.b[..., :-1]], axis=-1)
-    if C & (C - 1) == 0:
-        t_inv = unit_lower_inverse(w)
-        solve = lambda x: mm("...ij,...jd->...id", t_inv, x)  # noqa: E731
-    else:
-        eye = jnp.eye(C, dtype=w.dtype)
-        solve = lambda x: solve_triangular(w + eye, x, lower=True, unit_diagonal=True)  # noqa: E731
-    return solve(v), solve(d[..., None] * p), solve(e[..., None] * p)
+    t_inv = unit_lower_inverse(w)
+    return tuple(mm("...ij,...jd->...id", t_inv, x) for x in (v, d[..., None] * p, e[..., None] * p))
 
 
 class ChunkTensors(NamedTuple):
