@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests of the kernels, stage timings, implementation variants, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
-# Env: TEST_TIMEOUT, VARIANTS (space-separated env assignments, ';' between variants), BENCH_ARGS, BENCH_TIMEOUT.
+# Env: TEST_TIMEOUT, STAGES (1: time the stages), VARIANTS (space-separated env assignments, ';' between variants), BENCH_ARGS, BENCH_TIMEOUT.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,7 +15,10 @@ python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/de
 echo "commit ${MDN_COMMIT:-unknown}" | tee -a "$OUT/device.txt"
 timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "gpu or fla" -v -p no:cacheprovider --durations=8 \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
-IFS=';' read -ra variants <<< "${VARIANTS:-MDN_PALLAS_LOCAL=1;MDN_PALLAS_LOCAL=0;MDN_FUSED=0}"
+if [ "${STAGES:-1}" = 1 ]; then
+  timeout 120 python3 experiments/bench_stages.py 2>&1 | grep -E '^\{|Error' | tee "$OUT/stages.log"
+fi
+IFS=';' read -ra variants <<< "${VARIANTS:-MDN_BLOCK_V=64}"
 for v in "${variants[@]}"; do
   echo "variant: $v" | tee -a "$OUT/variants.log"
   env $v timeout 100 python3 experiments/bench_ops.py --cases S400 --impls pallas --reps 10 --out /tmp/v \
