@@ -12,8 +12,9 @@ import jax
 
 def run_info() -> dict:
     """Device, JAX version, date (UTC) and git commit of this run."""
+    commit = os.environ.get("MDN_COMMIT")  # the GPU machine's copy of the tree has no .git
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
     except OSError:
         commit = None

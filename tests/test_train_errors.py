@@ -9,6 +9,8 @@ from train_cli import TINY, one_line_error, run_cli
     (["nosuchkey=1"], "unknown config key 'nosuchkey'"),
     (["--config", "nosuchconfig"], "unknown config"),
     (["batch_size=6", "grad_accum=4"], "not divisible by grad_accum"),
+    (["profile_steps=5"], "profile_steps must look like START:END"),
+    (["profile_steps=3:2"], "profile_steps needs 0 < START < END"),
 ])
 def test_bad_input(tmp_path, args, msg):
     p = run_cli(["train", "--out", str(tmp_path / "o"), *TINY, *args], check=False)

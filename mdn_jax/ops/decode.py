@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from mdn_jax.ops.api import l2norm
@@ -30,15 +31,27 @@ def _validate_step(q, k, v, gates, p, state):
             raise ValueError(f"state arrays must have shape [B, HV, K, V] = {(B, HV, K, V)}, got {s.shape}")
 
 
+def _pow2_at_least_16(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+def default_step_implementation(K: int, V: int) -> str:
+    """'pallas' on a GPU when K and V are powers of two >= 16, else 'jnp'."""
+    return "pallas" if jax.default_backend() == "gpu" and _pow2_at_least_16(K) and _pow2_at_least_16(V) else "jnp"
+
+
 def momentum_delta_rule_step(q, k, v, log_alpha, log_mu, beta, eta, state, p=None, *, scale=None,
-                             l2norm_qk=True, p_times_alpha=True, implementation="jnp"):
+                             l2norm_qk=True, p_times_alpha=True, implementation=None):
     """One token of the recurrence for every row.
 
     q, k, p: [B, H, K]; v: [B, HV, V]; gates: [B, HV]; state: (S, M) each [B, HV, K, V] (float32).
-    implementation: 'jnp' (default) or 'pallas' (`mdn_jax.pallas.decode`: one kernel, states updated in place
-    when donated; interpret mode without a GPU; K and V powers of two >= 16).
+    implementation: 'jnp', 'pallas' (`mdn_jax.pallas.decode`: one kernel, states updated in place when donated;
+    interpret mode without a GPU; K and V powers of two >= 16) or None: 'pallas' on a GPU when K and V allow it
+    (measured faster on H100: experiments/results/bench_ops.md), else 'jnp'.
     Returns (o [B, HV, V] in q's dtype, (S, M) new states in the state dtype).
     """
+    if implementation is None:
+        implementation = default_step_implementation(q.shape[-1], v.shape[-1])
     if implementation not in ("jnp", "pallas"):
         raise ValueError(f"implementation must be 'jnp' or 'pallas', got {implementation!r}")
     _validate_step(q, k, v, dict(log_alpha=log_alpha, log_mu=log_mu, beta=beta, eta=eta), p, state)

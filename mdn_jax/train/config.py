@@ -79,6 +79,7 @@ class TrainConfig:
     sample_tokens: int = 200
     sample_temperature: float = 0.8      # 0 = greedy
     debug_nan_step: int = -1              # testing: make step N's gradients NaN (it must be skipped)
+    profile_steps: str = ""               # "START:END": jax.profiler trace of steps START..END-1 into <out>/profile
 
     def validate(self) -> TrainConfig:
         pos = ("seq_len", "batch_size", "grad_accum", "steps", "log_every", "ckpt_every", "keep_checkpoints",
@@ -88,6 +89,8 @@ class TrainConfig:
                 raise UserError(f"{k} must be positive, got {getattr(self, k)}")
         if self.batch_size % self.grad_accum:
             raise UserError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.profile_steps:
+            parse_profile_steps(self.profile_steps)
         for k in ("param_dtype", "compute_dtype"):
             if getattr(self, k) not in ("float32", "bfloat16", "float16"):
                 raise UserError(f"{k} must be float32, bfloat16 or float16, got {getattr(self, k)!r}")
@@ -106,6 +109,17 @@ PRESETS: dict[str, dict[str, Any]] = {
              "lr": 3e-4, "warmup_steps": 200, "steps": 20000, "compute_dtype": "bfloat16", "loss_chunk": 4096,
              "eval_every": 500, "ckpt_every": 500, "sample_prompt": "The"},
 }
+
+def parse_profile_steps(text: str) -> tuple[int, int]:
+    """'START:END' -> (START, END) with 0 < START < END (steps counted from 1)."""
+    try:
+        start, end = (int(x) for x in str(text).split(":"))
+    except ValueError:
+        raise UserError(f"profile_steps must look like START:END (e.g. 20:23), got {text!r}") from None
+    if not 0 < start < end:
+        raise UserError(f"profile_steps needs 0 < START < END, got {text!r}")
+    return start, end
+
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 

@@ -20,7 +20,7 @@ from mdn_jax.data.tokenizers import get_tokenizer
 from mdn_jax.errors import UserError
 from mdn_jax.train import sharding as shd
 from mdn_jax.train.checkpoint import Checkpointer, export_params
-from mdn_jax.train.config import TrainConfig
+from mdn_jax.train.config import TrainConfig, parse_profile_steps
 from mdn_jax.train.flops import device_peak_flops, flops_per_token
 from mdn_jax.train.metrics import MetricsLogger
 from mdn_jax.train.model_api import model_factory
@@ -94,6 +94,37 @@ def evaluate(eval_step, params, make_eval_pipeline, local_rows, global_rows, bsh
     return {"loss": loss, "ppl": float(np.exp(min(loss, 50.0))), "tokens": count}
 
 
+def peak_memory_gib() -> float | None:
+    """Peak device memory in use on the first local device (GiB), where the backend reports it."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 30
+
+
+class _Profiler:
+    """Traces steps [start, end) with jax.profiler into `directory` (perfetto trace included)."""
+
+    def __init__(self, spec: str, directory: str):
+        self.start, self.end = parse_profile_steps(spec) if spec else (0, 0)
+        self.directory, self.active = directory, False
+
+    def before(self, step: int):  # step: the step about to run (1-based)
+        if step == self.start and not self.active and jax.process_index() == 0:
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+            self.active = True
+
+    def after(self, step: int, state):
+        if self.active and (step >= self.end - 1):
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+
+    def close(self):
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run training; returns {"step", "losses" (per logged step), "eval", "sample", "skipped"}."""
     cfg.validate()
@@ -146,41 +177,52 @@ def train(cfg: TrainConfig, log=print) -> dict:
         f"tokenizer {tokenizer.name} | data {cfg.data}: {len(train_src)} train / "
         f"{0 if eval_src is None else len(eval_src)} eval docs")
     losses, evals, step = [], [], start
+    profiler = _Profiler(cfg.profile_steps, os.path.join(cfg.out, "profile"))
 
     def save(step, force=True):
         ckpt.save(step, state, pipe.get_state(), {"step": step, "config": cfg.to_dict()}, force=force)
 
     try:
         with _Stop() as stop:
-            t_last, n_tok, n_steps = time.perf_counter(), 0, 0
+            t_last, n_tok, n_steps, paused = time.perf_counter(), 0, 0, 0.0  # paused: eval/checkpoint time
             while step < last:
                 batch = _to_global(next(pipe), bsh, cfg.batch_size)
+                profiler.before(step + 1)
                 state, m = train_step(state, batch)
                 step += 1
+                profiler.after(step, state)
                 n_tok += cfg.batch_size * cfg.seq_len
                 n_steps += 1
                 if step % cfg.log_every == 0 or step == last or step == start + 1:
                     m = jax.device_get(m)
-                    dt = time.perf_counter() - t_last
+                    dt = time.perf_counter() - t_last - paused
                     tps = n_tok / dt
                     rec = {"loss": m["loss"], "ppl": float(np.exp(min(float(m["loss"]), 50.0))), "lr": m["lr"],
                            "grad_norm": m["grad_norm"], "skipped": m["skipped"], "tokens_per_s": tps,
                            "step_time": dt / n_steps}
                     if peak:
                         rec["mfu"] = tps * fpt / (peak * jax.device_count())
+                    mem = peak_memory_gib()
+                    if mem is not None:
+                        rec["peak_mem_gib"] = mem
                     if not bool(m["finite"]):
                         logger.print(f"warning: step {step}: non-finite gradients, update skipped "
                                      f"({int(m['skipped'])} skipped so far)")
                     logger.log(step, "train", rec)
                     losses.append((step, float(m["loss"])))
-                    t_last, n_tok, n_steps = time.perf_counter(), 0, 0
-                if eval_src is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == last):
+                    t_last, n_tok, n_steps, paused = time.perf_counter(), 0, 0, 0.0
+                do_eval = eval_src is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == last)
+                if do_eval or step % cfg.ckpt_every == 0:  # the time of eval/checkpoint is not training time
+                    jax.block_until_ready(state)
+                t_pause = time.perf_counter()
+                if do_eval:
                     ev = evaluate(eval_step, state["params"], make_eval_pipeline, local_rows, cfg.batch_size, bsh,
                                   cfg.eval_batches)
                     logger.log(step, "eval", ev)
                     evals.append((step, ev["loss"]))
                 if step % cfg.ckpt_every == 0:
                     save(step)
+                paused += time.perf_counter() - t_pause
                 if stop.flag:
                     logger.print(f"signal received: checkpointing step {step} and stopping")
                     break
@@ -194,6 +236,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     sample = _sample(setup.merge(state["params"]), tokenizer, cfg)
                     logger.print("sample:\n" + sample)
     finally:
+        profiler.close()
         logger.close()
         pipe.close()
         ckpt.close()

@@ -1,0 +1,22 @@
+"""A profiled training run writes a trace; experiments/trace_summary.py reads it; metrics carry peak memory."""
+
+import json
+import os
+import sys
+
+from train_cli import TINY, run_cli
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.trace_summary import markdown, summarize  # noqa: E402
+
+
+def test_profile_steps_trace_is_summarised(tmp_path):
+    out = tmp_path / "run"
+    run_cli(["train", "--out", str(out), *TINY, "steps=4", "profile_steps=2:4"])
+    s = summarize(str(out / "profile"))
+    assert s["busy_us"] > 0 and s["top"], s
+    assert abs(sum(s["categories"].values()) - s["busy_us"]) < 1e-6 * s["busy_us"] + 1e-6
+    assert "| category | ms | share |" in markdown(s)
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    train = [r for r in records if r.get("split") == "train"]
+    assert train and all("step_time" in r for r in train)
