@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call: the 400M MDN training run (throughput, MFU, memory, loss curve, profile), the generation
 # benchmark, the FLA parity test. Usage (GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_train.sh
-# Env: STEPS (default 120), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN_ARGS, GEN_TIMEOUT, FLA (1: run
+# Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN_ARGS, GEN_TIMEOUT, FLA (1: run
 # the FLA parity test). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
-# bench_generate.json, fla.log.
+# bench_generate.{json,log}, fla.log. The train step's compile takes about 2 minutes (400M, 21 layers).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 TIKTOKEN_CACHE_DIR=
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -12,12 +12,16 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 echo "commit ${MDN_COMMIT:-unknown}" | tee -a "$OUT/device.txt"
+if [ "${FLA:-1}" = 1 ]; then
+  timeout 90 python3 -m pytest tests/test_model_parity_fla.py -v -s -p no:cacheprovider 2>&1 | tee "$OUT/fla.log" \
+    | grep -E "PASS|FAIL|parity|Error" | tail -5
+fi
 RUN=/tmp/run400m
 train() {  # the 400M preset: GPT-2 BPE on the embedded Shakespeare corpus, seq 4096, 16 x 4096 tokens per step
   rm -rf $RUN
   timeout ${TRAIN_TIMEOUT:-330} python3 -m mdn_jax.cli train --config 400M --out $RUN steps=${STEPS:-120} \
-    warmup_steps=20 log_every=10 eval_every=60 eval_batches=2 ckpt_every=100000 sample_tokens=0 progress=false \
-    tensorboard=false profile_steps=40:42 "$@" ${TRAIN_ARGS:-} 2>&1 | tee -a "$OUT/train.log"
+    warmup_steps=20 log_every=10 eval_every=${EVAL_EVERY:-0} eval_batches=2 ckpt_every=100000 sample_tokens=0 progress=false \
+    tensorboard=false profile_steps=${PROFILE:-30:32} "$@" ${TRAIN_ARGS:-} 2>&1 | tee -a "$OUT/train.log"
   return ${PIPESTATUS[0]}
 }
 # micro-batch 4 x 4096 without rematerialisation; if that does not fit, rematerialise each block
@@ -25,8 +29,5 @@ train batch_size=16 grad_accum=4 || { echo "retrying with model.remat=true" | te
   train batch_size=16 grad_accum=4 model.remat=true; }
 cp $RUN/metrics.jsonl "$OUT/" 2>/dev/null
 timeout 60 python3 experiments/trace_summary.py $RUN/profile --out "$OUT/train_profile.json" | head -30
-timeout ${GEN_TIMEOUT:-150} python3 experiments/bench_generate.py --out "$OUT" ${GEN_ARGS:-} 2>&1 | tail -12
-if [ "${FLA:-1}" = 1 ]; then
-  timeout 90 python3 -m pytest tests/test_model_parity_fla.py -v -s -p no:cacheprovider 2>&1 | tee "$OUT/fla.log" \
-    | grep -E "PASS|FAIL|parity|Error" | tail -5
-fi
+timeout ${GEN_TIMEOUT:-150} python3 experiments/bench_generate.py --out "$OUT" ${GEN_ARGS:-} 2>&1 \
+  | tee "$OUT/bench_generate.log" | tail -12
