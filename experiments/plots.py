@@ -82,14 +82,17 @@ def plot_loss_curves(metrics_files: list[str], out: str, plt) -> str:
 
 
 def plot_kernel_time(path: str, out: str, plt) -> str:
-    """fwd and fwd+bwd milliseconds vs T (log-log), one line per implementation."""
+    """fwd and fwd+bwd time per token (ns) vs T for the S400 head shape (cases S400*, whatever their batch),
+    one line per implementation."""
     data = json.load(open(path))
     rows = data["rows"] if isinstance(data, dict) else data
     by_impl = defaultdict(list)
     for r in rows:
-        if r.get("T") and r.get("fwd_ms") is not None:
-            by_impl[r["impl"]].append((r["T"], r["fwd_ms"], r.get("fwd_bwd_ms")))
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+        if str(r.get("case", "")).startswith("S400") and r.get("fwd_ms") is not None:
+            per_tok = 1e6 / (r["B"] * r["T"])  # ms -> ns per token
+            bwd = r.get("fwd_bwd_ms")
+            by_impl[r["impl"]].append((r["T"], r["fwd_ms"] * per_tok, None if bwd is None else bwd * per_tok))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
     for impl, pts in sorted(by_impl.items()):
         pts.sort()
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
@@ -100,8 +103,8 @@ def plot_kernel_time(path: str, out: str, plt) -> str:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length T")
-        ax.set_ylabel("ms")
-        ax.set_title(t)
+        ax.set_ylabel("ns per token")
+        ax.set_title(f"{t}, H=6 K=128 V=256", fontsize=9)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
