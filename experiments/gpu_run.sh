@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests of the kernels, stage timings, implementation variants, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
-# Env: TEST_TIMEOUT, STAGES (1: time the stages), VARIANTS (space-separated env assignments, ';' between variants), BENCH_ARGS, BENCH_TIMEOUT.
+# Env: TEST_TIMEOUT, TEST_K (pytest -k), FLA_BG (1: FLA parity test in the background), STAGES (1: time the stages), VARIANTS (space-separated env assignments, ';' between variants), BENCH_ARGS, BENCH_TIMEOUT.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -13,8 +13,14 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/device.txt"
 echo "commit ${MDN_COMMIT:-unknown}" | tee -a "$OUT/device.txt"
-timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "gpu or fla" -v -p no:cacheprovider --durations=8 \
+fla_pid=
+if [ "${FLA_BG:-0}" = 1 ]; then  # the FLA parity test (Triton autotuning: minutes) beside the kernel tests
+  timeout ${FLA_TIMEOUT:-280} python3 -m pytest tests/test_model_parity_fla.py -v -s -p no:cacheprovider > "$OUT/fla.log" 2>&1 &
+  fla_pid=$!
+fi
+timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
+[ -n "$fla_pid" ] && { wait $fla_pid; grep -E "parity|PASS|FAIL|passed|failed" "$OUT/fla.log" | tail -4; }
 if [ "${STAGES:-1}" = 1 ]; then
   timeout 120 python3 experiments/bench_stages.py 2>&1 | grep -E '^\{|Error' | tee "$OUT/stages.log"
 fi
