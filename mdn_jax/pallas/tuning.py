@@ -1,7 +1,6 @@
 """Block sizes of the Pallas kernels per shape (a small table; measured on H100, see experiments/results/).
 
-`MDN_BLOCK_V` / `MDN_NUM_WARPS` in the environment override the table (for tuning runs); `MDN_LOCAL_KERNEL=0`
-computes the chunk-local stage in XLA instead of the Pallas kernel (for side-by-side measurement).
+`MDN_BLOCK_V` / `MDN_NUM_WARPS` in the environment override the table (for tuning runs).
 """
 
 from __future__ import annotations
@@ -21,8 +20,3 @@ def block_config(K: int, V: int, chunk_size: int) -> BlockConfig:
     block_v = int(os.environ.get("MDN_BLOCK_V", 32 if K <= 128 else 16))
     num_warps = int(os.environ.get("MDN_NUM_WARPS", 4))
     return BlockConfig(block_v=min(block_v, V), num_warps=num_warps)
-
-
-def use_local_kernel() -> bool:
-    """Whether the non-differentiated chunk-local stage runs as the Pallas kernel (env MDN_LOCAL_KERNEL, default 1)."""
-    return os.environ.get("MDN_LOCAL_KERNEL", "1") != "0"
