@@ -2,20 +2,11 @@
 # One device call: GPU tests of the kernels, stage timings, implementation variants, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
 # Env: TEST_TIMEOUT, TEST_K (pytest -k), FLA_BG (1: FLA parity test in the background), STAGES (1: time the stages), VARIANTS (space-separated env assignments, ';' between variants), BENCH_ARGS, BENCH_TIMEOUT.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# Carried wheels (e.g. flash-linear-attention and fla-core 0.6.0 for the parity test), if any:
-#   here: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl flash-linear-attention==0.6.0 fla-core==0.6.0
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
-fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
-python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/device.txt"
-echo "commit ${MDN_COMMIT:-unknown}" | tee -a "$OUT/device.txt"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+source experiments/gpu_setup.sh
 fla_pid=
 if [ "${FLA_BG:-0}" = 1 ]; then  # the FLA parity test (Triton autotuning: minutes) beside the kernel tests
-  timeout ${FLA_TIMEOUT:-280} python3 -m pytest tests/test_model_parity_fla.py -v -s -p no:cacheprovider > "$OUT/fla.log" 2>&1 &
+  fla_parity ${FLA_TIMEOUT:-280} &
   fla_pid=$!
 fi
 timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 \

@@ -2,19 +2,12 @@
 # One device call: the 400M MDN training run (throughput, MFU, memory, loss curve, profile), the generation
 # benchmark, the FLA parity test. Usage (GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_train.sh
 # Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN_ARGS, GEN_TIMEOUT, FLA (1: run
-# the FLA parity test). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
+# the FLA parity test), FLA_TIMEOUT (90). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
 # bench_generate.{json,log}, fla.log. The train step's compile takes about 2 minutes (400M, 21 layers).
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 TIKTOKEN_CACHE_DIR=
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
-fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
-echo "commit ${MDN_COMMIT:-unknown}" | tee -a "$OUT/device.txt"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 TIKTOKEN_CACHE_DIR=
+source experiments/gpu_setup.sh
 if [ "${FLA:-1}" = 1 ]; then
-  timeout 90 python3 -m pytest tests/test_model_parity_fla.py -v -s -p no:cacheprovider 2>&1 | tee "$OUT/fla.log" \
-    | grep -E "PASS|FAIL|parity|Error" | tail -5
+  fla_parity ${FLA_TIMEOUT:-90}; grep -E "PASS|FAIL|parity|Error" "$OUT/fla.log" | tail -5
 fi
 RUN=/tmp/run400m
 train() {  # the 400M preset: GPT-2 BPE on the embedded Shakespeare corpus, seq 4096, 16 x 4096 tokens per step

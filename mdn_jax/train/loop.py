@@ -212,7 +212,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     losses.append((step, float(m["loss"])))
                     t_last, n_tok, n_steps, paused = time.perf_counter(), 0, 0, 0.0
                 do_eval = eval_src is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == last)
-                if do_eval or step % cfg.ckpt_every == 0:  # the time of eval/checkpoint is not training time
+                do_ckpt = step % cfg.ckpt_every == 0
+                if do_eval or do_ckpt:  # the time of eval/checkpoint is not training time
                     jax.block_until_ready(state)
                 t_pause = time.perf_counter()
                 if do_eval:
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                   cfg.eval_batches)
                     logger.log(step, "eval", ev)
                     evals.append((step, ev["loss"]))
-                if step % cfg.ckpt_every == 0:
+                if do_ckpt:
                     save(step)
                 paused += time.perf_counter() - t_pause
                 if stop.flag:
