@@ -1,6 +1,9 @@
 """Benchmark of the momentum delta rule op: forward and forward+backward per implementation.
 
-Usage: python experiments/bench_ops.py [--quick] [--out experiments/results]
+Usage: python experiments/bench_ops.py [--cases S400] [--impls pallas,xla] [--out experiments/results]
+       python experiments/bench_ops.py --cases S400 --impls pallas --variants "MDN_LOCAL_KERNEL=0;MDN_BLOCK_V_INFER=32"
+(--variants: ';'-separated sets of space-separated env assignments of `mdn_jax.pallas.tuning`, each timed in
+this process after the default configuration; the relative error column is against the first row of a case.)
 Timing: jit, warm-up, block_until_ready, median of repeated runs. Memory: XLA's compiled memory
 analysis of each jitted function (arguments + outputs + temporaries). Inputs follow ANCHORS.md (S400).
 Writes JSON and a markdown table with device, date and commit.
@@ -9,6 +12,7 @@ Writes JSON and a markdown table with device, date and commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -75,29 +79,48 @@ def memory_gib(fn, args):
     return total / 2**30
 
 
-def bench_case(name, shape, impls, reps):
+@contextlib.contextmanager
+def env_vars(assignments: str):
+    """Sets space-separated NAME=VALUE assignments in os.environ for the duration of the block."""
+    pairs = [a.split("=", 1) for a in assignments.split()]
+    saved = {k: os.environ.get(k) for k, _ in pairs}
+    os.environ.update(dict(pairs))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_case(name, shape, impls, reps, backward=True, variants=("",)):
+    """One row per (variant, impl): times, memory, FLOP rate, relative error against the case's first output."""
     args, do = anchor_inputs(**shape)
     rows = []
     ref = None
-    for impl in impls:
-        fwd = jax.jit(lambda *a, impl=impl: momentum_delta_rule(*a, implementation=impl)[0])
+    for variant, impl in ((v, i) for v in variants for i in impls):
+        with env_vars(variant):  # tuning variables are read while tracing, so trace inside
+            fwd = jax.jit(lambda *a, impl=impl: momentum_delta_rule(*a, implementation=impl)[0])
 
-        def loss(*a, impl=impl):
-            o = momentum_delta_rule(*a, implementation=impl)[0]
-            return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+            def loss(*a, impl=impl):
+                o = momentum_delta_rule(*a, implementation=impl)[0]
+                return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
 
-        fwd_bwd = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
-        row = dict(case=name, impl=impl, **shape)
-        try:
-            o = fwd(*args)
-            if ref is None:
-                ref = o.astype(jnp.float32)
-            err = float(jnp.linalg.norm(o.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
-            row.update(fwd_ms=timeit(fwd, args, reps), fwd_mem_gib=memory_gib(fwd, args), rel_err_vs_first=err)
-            row.update(fwd_bwd_ms=timeit(fwd_bwd, args, reps), fwd_bwd_mem_gib=memory_gib(fwd_bwd, args))
-            row["fwd_tflops"] = op_flops(**shape) / (row["fwd_ms"] * 1e-3) / 1e12
-        except Exception as e:  # noqa: BLE001 - a failing variant is reported, the others still run
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            fwd_bwd = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
+            row = dict(case=name, impl=impl + (f"[{variant}]" if variant else ""), **shape)
+            try:
+                o = fwd(*args)
+                if ref is None:
+                    ref = o.astype(jnp.float32)
+                err = float(jnp.linalg.norm(o.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+                row.update(fwd_ms=timeit(fwd, args, reps), fwd_mem_gib=memory_gib(fwd, args), rel_err_vs_first=err)
+                row["fwd_tflops"] = op_flops(**shape) / (row["fwd_ms"] * 1e-3) / 1e12
+                if backward:
+                    row.update(fwd_bwd_ms=timeit(fwd_bwd, args, reps), fwd_bwd_mem_gib=memory_gib(fwd_bwd, args))
+            except Exception as e:  # noqa: BLE001 - a failing variant is reported, the others still run
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -144,8 +167,9 @@ def markdown(rows, meta):
         if "error" in r:
             lines.append(f"| {r['case']} | {r['impl']} | error: {r['error'][:80]} | | | | | |")
             continue
-        lines.append(f"| {r['case']} | {r['impl']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
-                     f"{r['fwd_mem_gib']:.2f} | {r['fwd_bwd_mem_gib']:.2f} | {r['fwd_tflops']:.1f} | "
+        bwd = (f"{r['fwd_bwd_ms']:.3f} | ", f"{r['fwd_bwd_mem_gib']:.2f} | ") if "fwd_bwd_ms" in r else ("| ", "| ")
+        lines.append(f"| {r['case']} | {r['impl']} | {r['fwd_ms']:.3f} | {bwd[0]}"
+                     f"{r['fwd_mem_gib']:.2f} | {bwd[1]}{r['fwd_tflops']:.1f} | "
                      f"{r['rel_err_vs_first']:.1e} |")
     return "\n".join(lines) + "\n"
 
@@ -158,13 +182,16 @@ def main():
     ap.add_argument("--out", default="experiments/results")
     ap.add_argument("--tag", default="bench_ops")
     ap.add_argument("--decode", default="1,16,256", help="decode-step batch sizes ('' to skip)")
+    ap.add_argument("--no-backward", action="store_true", help="time the forward only")
+    ap.add_argument("--variants", default="", help="';'-separated env assignments, timed after the default")
     a = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(device=str(jax.devices()[0].device_kind), date=datetime.date.today().isoformat(),
                 commit=commit or os.environ.get("MDN_COMMIT", "unknown"), jax=jax.__version__)
     rows = []
     for case in a.cases.split(","):
-        rows += bench_case(case, SHAPES[case], a.impls.split(","), a.reps)
+        variants = [""] + [v.strip() for v in a.variants.split(";") if v.strip()]
+        rows += bench_case(case, SHAPES[case], a.impls.split(","), a.reps, not a.no_backward, variants)
     if a.decode:
         rows += bench_decode([int(b) for b in a.decode.split(",")])
     os.makedirs(a.out, exist_ok=True)

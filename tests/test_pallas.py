@@ -15,6 +15,8 @@ import pytest
 
 from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.pallas import common
+from mdn_jax.pallas.chunk_local import chunk_local
+from mdn_jax.pallas.core import _xla_local
 
 ON_GPU = jax.default_backend() == "gpu"
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
@@ -157,7 +159,60 @@ def test_interpret_mu_zero_is_finite():
     assert all(np.all(np.isfinite(np.asarray(x))) for x in g.values())
 
 
+# ---------------------------------------------------------------- chunk-local stage kernels vs its XLA version
+
+LOCAL_NAMES = ("a", "b", "decay", "qb", "attn", "u", "y", "z", "kg", "kr")
+
+
+def _local_inputs(seed, B, T, H, K, V, gates="random"):
+    """Preprocessed inputs of the chunk-local stage (unit-norm keys, eta in (0, 2), p = alpha khat)."""
+    rng = np.random.default_rng(seed)
+    f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)  # noqa: E731
+    kh = f(B, T, H, K)
+    kh = kh / jnp.linalg.norm(kh, axis=-1, keepdims=True)
+    la = jax.nn.log_sigmoid(f(B, T, H) + 2.0)
+    lm = jnp.maximum(jax.nn.log_sigmoid(f(B, T, H)), -2.0)
+    if gates == "mu0":
+        lm = jnp.full_like(lm, -jnp.inf)
+    elif gates == "reset":  # a segment boundary: alpha = 0 at one step (as segment_ids make it)
+        la = la.at[:, T // 3].set(-jnp.inf)
+    elif gates == "drift":
+        la = jnp.full_like(la, -1e-3)
+        lm = jnp.full_like(lm, -0.5)
+    kt = kh * jnp.asarray(rng.uniform(0.0, 2.0, (B, T, H, 1)), jnp.float32)
+    return (f(B, T, H, K) * K ** -0.5, kt, jnp.exp(la)[..., None] * kh, f(B, T, H, V), la, lm,
+            jax.nn.sigmoid(f(B, T, H)))
+
+
+def _check_local(args, C, dtype, tol, interpret):
+    ref = jax.jit(functools.partial(_xla_local, chunk=C, op_dtype=dtype))(*args)
+    out = jax.jit(functools.partial(chunk_local, chunk=C, op_dtype=dtype, interpret=interpret))(*args)
+    for name, o, r in zip(LOCAL_NAMES, out, ref, strict=True):
+        assert o.shape == r.shape and o.dtype == r.dtype, name
+        err = rel(o, r)
+        assert err < tol, f"{name}: rel err {err:.2e} >= {tol}"
+
+
+@pytest.mark.parametrize("C,K,V,gates", [(64, 32, 64, "random"), (16, 64, 32, "random"), (32, 16, 128, "mu0"),
+                                         (64, 32, 32, "reset"), (64, 32, 32, "drift")])
+def test_interpret_chunk_local_matches_xla_stage(C, K, V, gates):
+    _check_local(_local_inputs(C + K + V, 1, 128, 2, K, V, gates), C, jnp.float32, 1e-5, interpret=True)
+
+
+def test_interpret_chunk_local_bf16_operands():
+    _check_local(_local_inputs(3, 1, 128, 2, 64, 128), 64, jnp.bfloat16, 1e-2, interpret=True)
+
+
 # ---------------------------------------------------------------- GPU: compiled Triton kernels
+
+
+@gpu
+@pytest.mark.parametrize("T,K,V,dtype,tol", [(1024, 128, 256, jnp.bfloat16, 1e-2), (256, 256, 512, jnp.float32, 1e-4),
+                                             (1024, 128, 128, jnp.float32, 1e-4)])
+def test_gpu_chunk_local_matches_xla_stage(T, K, V, dtype, tol):
+    for gates in ("random", "mu0", "reset", "drift"):
+        _check_local(_local_inputs(T + K, 2, T, 2, K, V, gates), 64, dtype, tol, interpret=False)
+
 
 
 def _gpu_case(seed, T, K, V, dtype, B=2, H=2, **kw):

@@ -146,24 +146,27 @@ def chunk_pass(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk
                num_warps):
     """Sequential pass with fused output.
 
+    block_v: (columns per program without differentiation, columns per program under differentiation).
+
     a, b: [BH, NC, C] float32; qb, y, z, kg, kr: [BH, NC, C, K]; attn: [BH, NC, C, C]; u: [BH, NC, C, V]
     (operand dtype); decay: [BH, NC, >=3] (a_L, b_L, m_L, ...); s0, m0: [N, HV, K, V]; chunk_init, chunk_final:
     [B, NC] int32 (see `mdn_jax.ops.layout`). Returns O [BH, NC, C, V] and final (S, M) [N, HV, K, V].
     """
-    o, fs, fm = _forward(False, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v,
-                         interpret, num_warps)
+    o, fs, fm = _forward(False, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final,
+                         block_v[0], interpret, num_warps)
     return o, fs, fm
 
 
 def _chunk_pass_fwd(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final, block_v, interpret,
                     num_warps):
     o, fs, fm, s_start, m_start, n = _forward(True, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init,
-                                              chunk_final, block_v, interpret, num_warps)
+                                              chunk_final, block_v[1], interpret, num_warps)
     res = (a, b, qb, attn, y, z, kg, kr, decay, s_start, m_start, n, chunk_init, chunk_final, s0, m0)
     return (o, fs, fm), res
 
 
 def _chunk_pass_bwd(block_v, interpret, num_warps, res, cot):
+    block_v = block_v[1]
     a, b, qb, attn, y, z, kg, kr, decay, s_start, m_start, n, chunk_init, chunk_final, s0, m0 = res
     do, gfs, gfm = cot
     BH, NC, C, V = n.shape

@@ -1,14 +1,22 @@
-"""`implementation="pallas"`: chunk-local stage in XLA, the sequential pass with the output in Pallas kernels."""
+"""`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels.
+
+Without differentiation the chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; under
+differentiation it runs in XLA (`_xla_local`) and its VJP is XLA autodiff of it (residual policy of that stage:
+XLA's own residuals, nothing recomputed). `MDN_LOCAL_KERNEL=0` forces XLA everywhere (for measurement).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
+from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_pass import chunk_pass
-from mdn_jax.pallas.tuning import block_config
+from mdn_jax.pallas.tuning import block_config, use_local_kernel
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -24,13 +32,8 @@ def _pad_last(x: jax.Array, size: int, axis: int = -1) -> jax.Array:
     return jnp.pad(x, widths)
 
 
-def _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
-    """The chunk-local stage (XLA) in the kernel layouts: [B*HV, NC, C, ...], operands in op_dtype.
-
-    Measured on H100 at S400, XLA beats both Pallas/Triton kernels written for this stage (one program per
-    chunk): with a row-by-row inverse by 2.3 ms (experiments/results/h100_2026-11-23_6beb320) and with a
-    full-tile blockwise-doubling inverse by 4.4 ms (h100_2026-11-23_10bd229), so it stays in XLA.
-    """
+def _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
+    """The chunk-local stage in XLA, in the kernel layouts: [B*HV, NC, C, ...], operands in op_dtype."""
     x = CoreInputs(qb, kt, p, v, log_alpha, log_mu, beta, None, None, None, None)
     t = prepare_chunks(x, chunk, operand_dtype=None if op_dtype in (jnp.float32, jnp.float64) else op_dtype)
     B, HV, NC, C, K = t.y.shape
@@ -39,6 +42,29 @@ def _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
     decay = _pad_last(t.decay, C).astype(jnp.float32)
     return (rows(t.a).astype(jnp.float32), rows(t.b).astype(jnp.float32), rows(decay), flat(t.qb), flat(t.attn),
             flat(t.u), flat(t.y), flat(t.z), flat(t.kg), flat(t.kr))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
+    """The chunk-local stage: Pallas kernels when not differentiated, XLA (and its autodiff) when it is."""
+    if not use_local_kernel():
+        return _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype)
+    return chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype, interpret=interpret,
+                       num_warps=block_config(qb.shape[-1], v.shape[-1], chunk).local_warps)
+
+
+def _local_stage_fwd(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
+    del interpret
+    return jax.vjp(functools.partial(_xla_local, chunk=chunk, op_dtype=op_dtype), qb, kt, p, v, log_alpha, log_mu,
+                   beta)
+
+
+def _local_stage_bwd(chunk, op_dtype, interpret, vjp, cot):
+    del chunk, op_dtype, interpret
+    return vjp(cot)
+
+
+_local_stage.defvjp(_local_stage_fwd, _local_stage_bwd)
 
 
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None):
@@ -61,8 +87,9 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
     v = _pad_last(x.v, Vp)
-    a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, C, op_dtype)
+    a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, C, op_dtype,
+                                                           interpret)
     o, fs, fm = chunk_pass(a, b, qbf, attn, u, y, z, kg, kr, decay, s0, m0, x.chunk_init, x.chunk_final,
-                           cfg.block_v, interpret, cfg.num_warps)
+                           (cfg.block_v_infer, cfg.block_v), interpret, cfg.num_warps)
     o = jnp.moveaxis(o.reshape(B, HV, NC * C, Vp)[..., :V], 1, 2)
     return o, (fs[..., :K, :V], fm[..., :K, :V])
