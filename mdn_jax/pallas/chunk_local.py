@@ -4,10 +4,11 @@ Each kernel runs one program per (row x value head, chunk) and keeps few tiles l
 chunked delta-rule forward: gates and products, triangular solve, WY products):
 
 1. `_coeff_kernel`: gate coefficients by recipe F (masked segment sums as cumulative sums of non-positive
-   terms), Gamma = D_alpha diag(beta) D_mu and its shifted copy, W = (P Kt^T) o Gamma_down (float32),
+   terms), Gamma_down = D_alpha_down diag(beta) D_mu (one product) and Gamma from it by the row recursion,
+   W = (P Kt^T) o Gamma_down (float32),
    attn = Gamma o (Qb Kt^T), Kg = diag(Gamma_L) Kt, Kr = diag(rho) Kt, a, b, d, e and (a_L, b_L, m_L).
 2. `_solve_kernel`: T = (I + W)^-1: 16 x 16 diagonal blocks by forward substitution, then the off-diagonal
-   blocks X_ij = -X_ii sum_k W_ik X_kj by 16 x 16 products (float32 through TF32x3 on the GPU).
+   blocks X_ij = -X_ii sum_k W_ik X_kj by 16 x 16 products (float32 accumulation; see `_gate_precision`).
 3. `_wy_kernel`: U = T V, Y = T diag(d) P, Z = T diag(e) P (operand-dtype products, float32 accumulation).
 
 Inputs stay in the op's [B, Tp, HV, ...] layout (no transposes); outputs are in the layouts of
@@ -29,9 +30,14 @@ from mdn_jax.pallas import common
 _BLOCK = 16  # diagonal block of the triangular solve
 
 
-def _gate_precision(interpret: bool):
-    """Products of float32 gate matrices: exact in interpret mode, TF32x3 (about float32) on the GPU."""
-    return lax.Precision.HIGHEST if interpret else lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+def _gate_precision(op_dtype, interpret: bool):
+    """Products of float32 gate matrices: exact in interpret mode; on the GPU TF32x3 (about float32) for float32
+    operands, one TF32 pass (10-bit mantissa, finer than the bf16/fp16 operands downstream) otherwise."""
+    if interpret:
+        return lax.Precision.HIGHEST
+    if op_dtype == jnp.float32:
+        return lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+    return lax.DotAlgorithmPreset.TF32_TF32_F32
 
 
 def _iota(shape, axis):
@@ -76,9 +82,11 @@ def _coeff_kernel(qb_ref, kt_ref, p_ref, la_ref, lm_ref, beta_ref,
     beta = beta_ref[row, ts, head].astype(acc)
 
     d_alpha, d_mu = _segment_decay(la, 0), _segment_decay(lm, 0)
-    beta_d_mu = beta[:, None] * d_mu
-    gamma = jnp.dot(d_alpha, beta_d_mu, precision=gate_precision, preferred_element_type=acc)
-    gamma_down = jnp.dot(_segment_decay(la, 1), beta_d_mu, precision=gate_precision, preferred_element_type=acc)
+    # Gamma_down = D_alpha_down diag(beta) D_mu (row tau holds Gamma's row tau - 1), then Gamma by the row
+    # recursion Gamma_tau = alpha_tau Gamma_{tau-1} + beta_tau D_mu_tau (sums of non-negative terms).
+    gamma_down = jnp.dot(_segment_decay(la, 1), beta[:, None] * d_mu, precision=gate_precision,
+                         preferred_element_type=acc)
+    gamma = jnp.exp(la)[:, None] * gamma_down + beta[:, None] * d_mu
     a = jnp.exp(jnp.cumsum(la))
     m = jnp.exp(jnp.cumsum(lm))
     b = jnp.sum(d_alpha * (beta * m)[None, :], axis=1)
@@ -157,7 +165,7 @@ def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, inter
     op_dtype = jnp.dtype(op_dtype)
     acc = jnp.float64 if op_dtype == jnp.float64 else jnp.float32
     precision = common.dot_precision(op_dtype, interpret)
-    gate_precision = _gate_precision(interpret)
+    gate_precision = _gate_precision(op_dtype, interpret)
     qb, kt, p, v = (x.astype(op_dtype) for x in (qb, kt, p, v))
     grid = (BH, NC)
     shape = lambda *s, dtype=op_dtype: jax.ShapeDtypeStruct((BH, NC) + s, dtype)  # noqa: E731

@@ -44,7 +44,7 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, 
     bh = pl.program_id(0)
     vs = pl.ds(pl.program_id(1) * block_v, block_v)
     row, head = bh // num_heads, bh % num_heads
-    K = y_ref.shape[-1]
+    chunk, K = y_ref.shape[-2:]
     op_dtype, acc = y_ref.dtype, fs_ref.dtype
     dot = functools.partial(common.dot, precision=precision, acc=acc)
 
@@ -58,7 +58,7 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, 
         qb = qb_ref[bh, c]
         o = (a_ref[bh, c][:, None] * dot(qb, Sd) - b_ref[bh, c][:, None] * dot(qb, Md)
              + dot(attn_ref[bh, c], nd))
-        o_ref[bh, c, :, vs] = o.astype(o_ref.dtype)
+        o_ref[row, pl.ds(c * chunk, chunk), head, vs] = o.astype(o_ref.dtype)
         if res_refs:
             s_ref, m_ref, n_ref = res_refs
             s_ref[bh, c, :, vs] = Sd.astype(s_ref.dtype)
@@ -86,7 +86,7 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, 
     bh = pl.program_id(0)
     vs = pl.ds(pl.program_id(1) * block_v, block_v)
     row, head = bh // num_heads, bh % num_heads
-    K = y_ref.shape[-1]
+    chunk, K = y_ref.shape[-2:]
     op_dtype, acc = y_ref.dtype, ds0_ref.dtype
     dot = functools.partial(common.dot, precision=precision, acc=acc)
 
@@ -98,7 +98,7 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, 
         lSd, lMd = lS.astype(op_dtype), lM.astype(op_dtype)
         ls_ref[bh, c, :, vs] = lSd.astype(ls_ref.dtype)
         lm_ref[bh, c, :, vs] = lMd.astype(lm_ref.dtype)
-        do = do_ref[bh, c, :, vs].astype(acc)
+        do = do_ref[row, pl.ds(c * chunk, chunk), head, vs].astype(acc)
         qb = qb_ref[bh, c]
         dn = dot(attn_ref[bh, c], do.astype(op_dtype), trans_a=True) + dot(kg_ref[bh, c], lSd) - dot(kr_ref[bh, c],
                                                                                                       lMd)
@@ -132,7 +132,8 @@ def _forward(save, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, c
     res_dtype = common.storage_dtype(y.dtype, acc)
     kernel = functools.partial(_fwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
                                precision=common.dot_precision(y.dtype, interpret))
-    out_shape = [jax.ShapeDtypeStruct((BH, NC, C, V), res_dtype), jax.ShapeDtypeStruct(s0.shape, acc),
+    B = chunk_init.shape[0]
+    out_shape = [jax.ShapeDtypeStruct((B, NC * C, HV, V), res_dtype), jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(m0.shape, acc)]
     if save:
         out_shape += [jax.ShapeDtypeStruct((BH, NC, K, V), res_dtype), jax.ShapeDtypeStruct((BH, NC, K, V), res_dtype),
@@ -150,7 +151,8 @@ def chunk_pass(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk
 
     a, b: [BH, NC, C] float32; qb, y, z, kg, kr: [BH, NC, C, K]; attn: [BH, NC, C, C]; u: [BH, NC, C, V]
     (operand dtype); decay: [BH, NC, >=3] (a_L, b_L, m_L, ...); s0, m0: [N, HV, K, V]; chunk_init, chunk_final:
-    [B, NC] int32 (see `mdn_jax.ops.layout`). Returns O [BH, NC, C, V] and final (S, M) [N, HV, K, V].
+    [B, NC] int32 (see `mdn_jax.ops.layout`). Returns O [B, NC * C, HV, V] (the op's layout) and final
+    (S, M) [N, HV, K, V].
     """
     o, fs, fm = _forward(False, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final,
                          block_v[0], interpret, num_warps)
@@ -179,9 +181,10 @@ def _chunk_pass_bwd(block_v, interpret, num_warps, res, cot):
     out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype), jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
                  jax.ShapeDtypeStruct((BH, NC, C, V), acc), jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(m0.shape, acc))
-    do_op = do.astype(y.dtype)
+    do_op = do.astype(y.dtype)  # [B, NC * C, HV, V]
     ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
                                        chunk_init, chunk_final, decay, a, b, qb, attn, y, z, kg, kr, do_op, gfs, gfm)
+    do_op = jnp.moveaxis(do_op.reshape(BH // HV, NC, C, HV, V), 3, 1).reshape(BH, NC, C, V)
     # Parameter cotangents, parallel over chunks (ls, lm: cotangents of the chunk-END states).
     mm = functools.partial(jnp.einsum, precision="highest", preferred_element_type=acc)
     dnd = dn.astype(y.dtype)

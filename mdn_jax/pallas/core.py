@@ -78,7 +78,7 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
         interpret = jax.default_backend() != "gpu"
     B, Tp, HV, K = x.kt.shape
     V = x.v.shape[-1]
-    C, NC = chunk_size, Tp // chunk_size
+    C = chunk_size
     Kp, Vp = _pow2_at_least_16(K), _pow2_at_least_16(V)
     cfg = block_config(Kp, Vp, C)
     op_dtype = jnp.dtype(operand_dtype or x.qb.dtype)
@@ -91,5 +91,5 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
                                                            interpret)
     o, fs, fm = chunk_pass(a, b, qbf, attn, u, y, z, kg, kr, decay, s0, m0, x.chunk_init, x.chunk_final,
                            (cfg.block_v_infer, cfg.block_v), interpret, cfg.num_warps)
-    o = jnp.moveaxis(o.reshape(B, HV, NC * C, Vp)[..., :V], 1, 2)
+    o = o[..., :V]
     return o, (fs[..., :K, :V], fm[..., :K, :V])
