@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # One device call: stage timings, implementation variants (forward), GPU tests of the kernels, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
-# Env: STAGES (1: time the stages), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only),
+# Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only),
 # TEST_TIMEOUT, TEST_K (pytest -k), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
-# BENCH_TIMEOUT. Writes under $OUT: device.txt, stages.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
+# BENCH_TIMEOUT. Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 source experiments/gpu_setup.sh
 if [ "${STAGES:-1}" = 1 ]; then
   timeout 120 python3 experiments/bench_stages.py 2>&1 | grep -E '^\{|Error' | tee "$OUT/stages.log"
+fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  timeout 90 python3 experiments/profile_op.py --case S400 --reps 5 --out /tmp/profile_op 2>&1 | grep -v Warning \
+    | head -30 | tee "$OUT/profile.log"
 fi
 if [ -n "${VARIANTS:-MDN_BLOCK_V_INFER=32}" ]; then
   timeout ${VARIANTS_TIMEOUT:-150} python3 experiments/bench_ops.py --cases S400 --impls pallas --reps 20 --decode "" \
