@@ -210,9 +210,10 @@ def main():
     ap.add_argument("--no-backward", action="store_true", help="time the forward only")
     ap.add_argument("--variants", default="", help="';'-separated env assignments, timed after the default")
     a = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("MDN_COMMIT") or subprocess.run(  # the GPU machine's copy may carry a stale .git
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(device=str(jax.devices()[0].device_kind), date=datetime.date.today().isoformat(),
-                commit=commit or os.environ.get("MDN_COMMIT", "unknown"), jax=jax.__version__)
+                commit=commit or "unknown", jax=jax.__version__)
     rows = []
     for case in a.cases.split(","):
         variants = [""] + [v.strip() for v in a.variants.split(";") if v.strip()]
