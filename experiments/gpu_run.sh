@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: stage timings, implementation variants (forward), GPU tests of the kernels, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
-# Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only),
-# TEST_TIMEOUT, TEST_K (pytest -k), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
+# Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward; PROFILE_ARGS=--backward for forward+backward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only),
+# TEST_TIMEOUT, TEST_K (pytest -k), TEST_ARGS (e.g. -n 3: compile in parallel processes), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
 # BENCH_TIMEOUT. Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 source experiments/gpu_setup.sh
@@ -10,7 +10,7 @@ if [ "${STAGES:-1}" = 1 ]; then
   timeout 120 python3 experiments/bench_stages.py 2>&1 | grep -E '^\{|Error' | tee "$OUT/stages.log"
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
-  timeout 90 python3 experiments/profile_op.py --case S400 --reps 5 --out /tmp/profile_op 2>&1 | grep -v Warning \
+  timeout 120 python3 experiments/profile_op.py --case S400 --reps 5 --out /tmp/profile_op ${PROFILE_ARGS:-} 2>&1 | grep -v Warning \
     | head -30 | tee "$OUT/profile.log"
 fi
 if [ -n "${VARIANTS:-MDN_BLOCK_V_INFER=32}" ]; then
@@ -23,7 +23,7 @@ if [ "${FLA_BG:-0}" = 1 ]; then  # the FLA parity test (Triton autotuning: minut
   fla_parity ${FLA_TIMEOUT:-280} &
   fla_pid=$!
 fi
-timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 \
+timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 ${TEST_ARGS:-} \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
 [ -n "$fla_pid" ] && { wait $fla_pid; grep -E "parity|PASS|FAIL|passed|failed" "$OUT/fla.log" | tail -4; }
 timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \

@@ -17,6 +17,7 @@ from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.pallas import common
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.core import _xla_local
+from mdn_jax.pallas.local_vjp import local_stage_vjp
 
 ON_GPU = jax.default_backend() == "gpu"
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
@@ -197,6 +198,23 @@ def _check_local(args, C, dtype, tol, interpret):
                                          (64, 32, 32, "reset"), (64, 32, 32, "drift")])
 def test_interpret_chunk_local_matches_xla_stage(C, K, V, gates):
     _check_local(_local_inputs(C + K + V, 1, 128, 2, K, V, gates), C, jnp.float32, 1e-5, interpret=True)
+
+
+@pytest.mark.parametrize("gates", ["random", "reset", "mu0"])
+@pytest.mark.usefixtures("x64")
+def test_local_stage_vjp_matches_autodiff_of_xla_stage(gates):
+    """The hand-written VJP (from the kernels' T) equals XLA autodiff of the XLA stage, in float64."""
+    args = tuple(x.astype(jnp.float64) for x in _local_inputs(7, 1, 128, 2, 32, 64, gates))
+    C, f64 = 32, jnp.float64
+    ref_out, ref_vjp = jax.vjp(functools.partial(_xla_local, chunk=C, op_dtype=f64), *args)
+    out, t = chunk_local(*args, chunk=C, op_dtype=f64, interpret=True, with_t=True)
+    rng = np.random.default_rng(1)
+    cot = tuple(jnp.asarray(rng.standard_normal(o.shape), o.dtype) for o in ref_out)
+    got = local_stage_vjp(args + (t,), cot, C, f64)
+    for name, g, r in zip(("qb", "kt", "p", "v", "log_alpha", "log_mu", "beta"), got, ref_vjp(cot), strict=True):
+        assert g.shape == r.shape, name
+        assert np.all(np.isfinite(np.asarray(g))), name
+        assert rel(g, r) < 1e-9, f"{name}: {rel(g, r):.2e}"
 
 
 def test_interpret_chunk_local_bf16_operands():

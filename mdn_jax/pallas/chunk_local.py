@@ -152,12 +152,13 @@ def _wy_kernel(t_ref, p_ref, v_ref, d_ref, e_ref, u_ref, y_ref, z_ref, *, chunk,
         u_ref[bh, c, :, vs] = dot(t, v_ref[row, ts, head, vs].astype(op_dtype)).astype(u_ref.dtype)
 
 
-def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, interpret, num_warps=4):
+def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, interpret, num_warps=4, with_t=False):
     """The chunk-local stage of the forward in Pallas kernels.
 
     qb, kt, p: [B, Tp, HV, K]; v: [B, Tp, HV, V] (K, V powers of two >= 16); log_alpha, log_mu, beta:
     [B, Tp, HV]; chunk in 16/32/64 divides Tp. Returns, as `mdn_jax.pallas.core._xla_local` does,
-    (a, b, decay) float32 [B*HV, NC, C] and (qb, attn, u, y, z, kg, kr) [B*HV, NC, C, .] in op_dtype.
+    (a, b, decay) float32 [B*HV, NC, C] and (qb, attn, u, y, z, kg, kr) [B*HV, NC, C, .] in op_dtype;
+    with_t: also T = (I + W)^-1 [B*HV, NC, C, C] in op_dtype (the residual of `mdn_jax.pallas.local_vjp`).
     """
     B, Tp, HV, K = kt.shape
     V = v.shape[-1]
@@ -180,4 +181,5 @@ def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, inter
     wy = functools.partial(_wy_kernel, chunk=C, num_heads=HV, block=min(64, K, V), precision=precision)
     u, y, z = common.call(wy, grid, (shape(C, V), shape(C, K), shape(C, K)), interpret, num_warps,
                           t, p, v, d, e)
-    return a, b, decay, qbo, attn, u, y, z, kg, kr
+    outs = (a, b, decay, qbo, attn, u, y, z, kg, kr)
+    return (outs, t) if with_t else outs

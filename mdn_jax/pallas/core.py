@@ -1,8 +1,8 @@
 """`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels.
 
-Without differentiation the chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; under
-differentiation it runs in XLA (`_xla_local`) and its VJP is XLA autodiff of it (residual policy of that stage:
-XLA's own residuals, nothing recomputed). `MDN_LOCAL_KERNEL=0` forces XLA everywhere (for measurement).
+The chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; its VJP is `local_stage_vjp` (XLA
+products from the saved T). `MDN_LOCAL_KERNEL=0` runs the stage in XLA with XLA's autodiff instead (for
+side-by-side measurement).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_pass import chunk_pass
+from mdn_jax.pallas.local_vjp import local_stage_vjp
 from mdn_jax.pallas.tuning import block_config, use_local_kernel
 
 
@@ -44,24 +45,34 @@ def _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
             flat(t.u), flat(t.y), flat(t.z), flat(t.kg), flat(t.kr))
 
 
+def _kernel_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret, with_t=False):
+    warps = block_config(qb.shape[-1], v.shape[-1], chunk).local_warps
+    return chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype, interpret=interpret,
+                       num_warps=warps, with_t=with_t)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
-    """The chunk-local stage: Pallas kernels when not differentiated, XLA (and its autodiff) when it is."""
+    """The chunk-local stage: Pallas kernels, backward by `local_stage_vjp` (MDN_LOCAL_KERNEL=0: XLA and its
+    autodiff)."""
     if not use_local_kernel():
         return _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype)
-    return chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype, interpret=interpret,
-                       num_warps=block_config(qb.shape[-1], v.shape[-1], chunk).local_warps)
+    return _kernel_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret)
 
 
 def _local_stage_fwd(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret):
+    if not use_local_kernel():
+        return jax.vjp(functools.partial(_xla_local, chunk=chunk, op_dtype=op_dtype), qb, kt, p, v, log_alpha,
+                       log_mu, beta)
+    outs, t = _kernel_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret, with_t=True)
+    return outs, tuple(x.astype(op_dtype) for x in (qb, kt, p, v)) + (log_alpha, log_mu, beta, t)
+
+
+def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
     del interpret
-    return jax.vjp(functools.partial(_xla_local, chunk=chunk, op_dtype=op_dtype), qb, kt, p, v, log_alpha, log_mu,
-                   beta)
-
-
-def _local_stage_bwd(chunk, op_dtype, interpret, vjp, cot):
-    del chunk, op_dtype, interpret
-    return vjp(cot)
+    if not use_local_kernel():
+        return res(cot)  # the XLA stage's vjp
+    return local_stage_vjp(res, cot, chunk, op_dtype)
 
 
 _local_stage.defvjp(_local_stage_fwd, _local_stage_bwd)
