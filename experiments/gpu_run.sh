@@ -13,9 +13,9 @@ if [ "${PROFILE:-0}" = 1 ]; then
   timeout 120 python3 experiments/profile_op.py --case S400 --reps 5 --out /tmp/profile_op ${PROFILE_ARGS:-} 2>&1 | grep -v Warning \
     | head -30 | tee "$OUT/profile.log"
 fi
-if [ -n "${VARIANTS:-MDN_BLOCK_V_INFER=32}" ]; then
+if [ -n "${VARIANTS:-}" ]; then
   timeout ${VARIANTS_TIMEOUT:-150} python3 experiments/bench_ops.py --cases S400 --impls pallas --reps 20 --decode "" \
-    --no-backward --variants "${VARIANTS:-MDN_BLOCK_V_INFER=32}" --out /tmp/variants 2>&1 \
+    --no-backward --variants "$VARIANTS" --out /tmp/variants 2>&1 \
     | grep -E '^\{|Error' | tee "$OUT/variants.log"
 fi
 fla_pid=
