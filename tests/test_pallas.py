@@ -119,6 +119,17 @@ def test_interpret_forward_and_grads(T, K, V):
     assert_grads_close(grads("pallas", inputs, init), grads("xla", inputs, init), 1e-4, f"T={T}")
 
 
+def test_interpret_bf16_forward_and_grads():
+    """bf16 inputs: bf16 operands in the kernels and the chunk-local VJP, float32 cotangents where the op computes
+    in float32; compared with the float32 'xla' reference at a bf16 tolerance."""
+    inputs, init = make_inputs(5, B=1, T=128, H=2, K=32, V=64, dtype=jnp.bfloat16)
+    ref_inputs = {n: (None if x is None else x.astype(jnp.float32)) for n, x in inputs.items()}
+    assert_close(run("pallas", inputs, init), run("xla", ref_inputs, init), 2e-2, "bf16")
+    g, g_ref = grads("pallas", inputs, init), grads("xla", ref_inputs, init)
+    assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in g.values())
+    assert_grads_close(g, g_ref, 3e-2, "bf16")
+
+
 def test_interpret_grouped_heads_p_and_odd_dims():
     """HV = 2H, explicit p, p_times_alpha off, K and V not powers of two (padded inside)."""
     inputs, init = make_inputs(3, B=1, T=100, H=1, HV=2, K=24, V=40, with_p=True)

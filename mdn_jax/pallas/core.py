@@ -65,14 +65,17 @@ def _local_stage_fwd(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, int
         return jax.vjp(functools.partial(_xla_local, chunk=chunk, op_dtype=op_dtype), qb, kt, p, v, log_alpha,
                        log_mu, beta)
     outs, t = _kernel_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret, with_t=True)
-    return outs, tuple(x.astype(op_dtype) for x in (qb, kt, p, v)) + (log_alpha, log_mu, beta, t)
+    dtypes = jnp.zeros((0,), qb.dtype)  # the inputs' dtype (a size-0 array: residuals must be arrays)
+    return outs, (tuple(x.astype(op_dtype) for x in (qb, kt, p, v)) + (log_alpha, log_mu, beta, t), dtypes)
 
 
 def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
     del interpret
     if not use_local_kernel():
         return res(cot)  # the XLA stage's vjp
-    return local_stage_vjp(res, cot, chunk, op_dtype)
+    saved, dtypes = res
+    grads = local_stage_vjp(saved, cot, chunk, op_dtype)
+    return tuple(g.astype(dtypes.dtype) for g in grads[:4]) + grads[4:]
 
 
 _local_stage.defvjp(_local_stage_fwd, _local_stage_bwd)
