@@ -45,11 +45,12 @@ def model_dict(kind: str, width: int, layers: int, vocab: int, max_len: int, hea
 
 
 def write_results(out_dir: str, name: str, payload: dict, markdown: str) -> tuple[str, str]:
-    """Write `<name>.json` and `<name>.md` under out_dir; returns their paths."""
+    """Write `<name>.json` and `<name>.md` under out_dir (each to a temporary file, then renamed: a run stopped
+    while writing leaves the previous version whole); returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     jp, mp = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md")
-    with open(jp, "w") as f:
-        json.dump(payload, f, indent=1)
-    with open(mp, "w") as f:
-        f.write(markdown)
+    for path, text in ((jp, json.dumps(payload, indent=1)), (mp, markdown)):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
     return jp, mp

@@ -1,9 +1,12 @@
 """Plots of the experiment results (PNG, matplotlib; `pip install 'mdn-jax[experiments]'`).
 
-    python experiments/plots.py [--results experiments/results] [--runs runs/lm_compare]
+    python experiments/plots.py [--results experiments/results] [--runs runs/lm_compare] [--out DIR]
 
-* mqar_<preset>.json      -> mqar_<preset>.png: accuracy vs model width, one panel per sequence length
-* <runs>/*/metrics.jsonl  -> loss_curves.png: train (and eval) loss vs step, one line per run
+* mqar_<preset>.json       -> mqar_<preset>.png: accuracy vs model width, one panel per (seq_len, kv pairs), at the
+                              best lr; with several seeds the mean, and a bar from the lowest to the highest seed
+* lm_compare_<preset>.json -> lm_compare_<preset>.png: train and held-out loss vs step per model (the curves the
+                              JSON carries; no run directories needed)
+* <runs>/*/metrics.jsonl   -> loss_curves.png: train (and eval) loss vs step, one line per run
 * bench_ops.json          -> kernel_time.png: forward and forward+backward time vs T per implementation
                              (rows with case, impl, T, fwd_ms, fwd_bwd_ms)
 Inputs that are missing are skipped with a note; without matplotlib the script says so and exits 0.
@@ -40,16 +43,26 @@ def plot_mqar(path: str, out: str, plt) -> str:
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False, sharey=True)
     for ax, (T, kv) in zip(axes[0], tasks, strict=True):
         for kind in sorted({c["model"] for c in best}):
-            pts = sorted((c["width"], c["accuracy"]) for c in best
+            pts = sorted((c["width"], c["accuracy"], c.get("accuracy_min", c["accuracy"]),
+                          c.get("accuracy_max", c["accuracy"]), c.get("n_seeds", 1)) for c in best
                          if c["model"] == kind and c["seq_len"] == T and c["kv_pairs"] == kv)
-            ax.plot([w for w, _ in pts], [a for _, a in pts], marker="o", label=kind)
+            n = max(p[4] for p in pts)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], marker="o", capsize=3,
+                        yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                        label=kind + (f" ({n} seeds)" if n > 1 else ""))
         ax.set_xscale("log", base=2)
+        widths = sorted({c["width"] for c in best})
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.minorticks_off()
         ax.set_title(f"T={T}, kv={kv}")
         ax.set_xlabel("model width")
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("MQAR accuracy")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"MQAR ({res.get('preset')}, {res.get('device')}, {res.get('commit')})", fontsize=9)
+    steps = (res.get("config") or {}).get("steps")
+    bars = ", bars: lowest to highest seed" if any(c.get("n_seeds", 1) > 1 for c in best) else ""
+    fig.suptitle(f"MQAR ({res.get('preset')}, {steps} steps, best lr{bars}; {res.get('device')}, "
+                 f"{res.get('commit')})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -75,6 +88,30 @@ def plot_loss_curves(metrics_files: list[str], out: str, plt) -> str:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_lm_compare(path: str, out: str, plt) -> str:
+    """Train (solid) and held-out (dashed, markers) loss vs step per model of an lm_compare JSON."""
+    res = json.load(open(path))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for row in res["rows"]:
+        curves = row.get("curves") or {}
+        line = None
+        if curves.get("train"):
+            (line,) = ax.plot(*zip(*curves["train"], strict=True), label=f"{row['model']} train")
+        if curves.get("eval"):
+            ax.plot(*zip(*curves["eval"], strict=True), ls="--", marker="o", ms=3,
+                    color=line.get_color() if line else None, label=f"{row['model']} held-out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend(fontsize=7)
+    steps = (res.get("config") or {}).get("train", {}).get("steps")
+    ax.set_title(f"LM comparison ({res.get('preset')}, {steps} steps; {res.get('device')}, {res.get('commit')})",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -127,6 +164,8 @@ def main(argv=None) -> int:
     made = []
     for path in sorted(glob.glob(os.path.join(args.results, "mqar_*.json"))):
         made.append(plot_mqar(path, os.path.join(out, os.path.basename(path)[:-5] + ".png"), plt))
+    for path in sorted(glob.glob(os.path.join(args.results, "lm_compare_*.json"))):
+        made.append(plot_lm_compare(path, os.path.join(out, os.path.basename(path)[:-5] + ".png"), plt))
     metrics = sorted(glob.glob(os.path.join(args.runs, "*", "metrics.jsonl")))
     if metrics:
         made.append(plot_loss_curves(metrics, os.path.join(out, "loss_curves.png"), plt))

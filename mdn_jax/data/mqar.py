@@ -44,8 +44,24 @@ class MQARConfig:
 
 
 def _choose_distinct(rng: np.random.Generator, n_rows: int, low: int, high: int, k: int) -> np.ndarray:
-    """[n_rows, k] ints from [low, high), distinct within a row, uniform (argsort of uniform noise)."""
-    return np.argsort(rng.random((n_rows, high - low)), axis=1)[:, :k] + low
+    """[n_rows, k] ints from [low, high), distinct within a row, uniform over ordered k-tuples.
+
+    When k is small against the range (k^2 <= 2 (high - low): a row has a repeat with probability < ~1/2),
+    i.i.d. draws with the rows that hold a repeat drawn again (rejection sampling: uniform over tuples without
+    repetition), O(k) per row; otherwise the first k of a random permutation (argsort of uniform noise),
+    O(range log range) per row, which was 25 ms per batch of 64 for vocab 8192 (the MQAR train loop's bottleneck).
+    """
+    n = high - low
+    if k * k > 2 * n:
+        return np.argsort(rng.random((n_rows, n)), axis=1)[:, :k] + low
+    out = rng.integers(0, n, size=(n_rows, k))
+    redo = np.arange(n_rows)
+    while True:
+        srt = np.sort(out[redo], axis=1)
+        redo = redo[(srt[:, 1:] == srt[:, :-1]).any(axis=1)]
+        if redo.size == 0:
+            return out + low
+        out[redo] = rng.integers(0, n, size=(redo.size, k))
 
 
 def mqar_batch(cfg: MQARConfig, num_examples: int, seed: int) -> dict[str, np.ndarray]:
