@@ -3,7 +3,8 @@
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
 # Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward; PROFILE_ARGS=--backward for forward+backward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only),
 # TEST_TIMEOUT, TEST_K (pytest -k), TEST_ARGS (e.g. -n 3: compile in parallel processes), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
-# BENCH_TIMEOUT. Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
+# BENCH_TIMEOUT, VARIANTS_BWD (1: time the variants forward+backward too), AUTHORS_ROOT (the authors' flash-linear-attention
+# folder: their kernels timed by bench_authors.py, AUTHORS_ARGS, AUTHORS_TIMEOUT). Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 source experiments/gpu_setup.sh
 if [ "${STAGES:-1}" = 1 ]; then
@@ -15,7 +16,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
 fi
 if [ -n "${VARIANTS:-}" ]; then
   timeout ${VARIANTS_TIMEOUT:-150} python3 experiments/bench_ops.py --cases S400 --impls pallas --reps 20 --decode "" \
-    --no-backward --variants "$VARIANTS" --out /tmp/variants 2>&1 \
+    $([ "${VARIANTS_BWD:-0}" = 1 ] || echo --no-backward) --variants "$VARIANTS" --out /tmp/variants 2>&1 \
     | grep -E '^\{|Error' | tee "$OUT/variants.log"
 fi
 fla_pid=
@@ -26,5 +27,10 @@ fi
 timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 ${TEST_ARGS:-} \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
 [ -n "$fla_pid" ] && { wait $fla_pid; grep -E "parity|PASS|FAIL|passed|failed" "$OUT/fla.log" | tail -4; }
+if [ -n "${AUTHORS_ROOT:-}" ]; then
+  # shellcheck disable=SC2086
+  timeout ${AUTHORS_TIMEOUT:-180} python3 experiments/bench_authors.py --fla-root "$AUTHORS_ROOT" --out "$OUT" ${AUTHORS_ARGS:-} 2>&1 \
+    | grep -vi warning | tee "$OUT/authors.log" | tail -8
+fi
 timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
   | tee "$OUT/bench.log" | tail -12
