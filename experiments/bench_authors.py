@@ -17,6 +17,7 @@ writes DIR/bench_authors.json.
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import sys
@@ -37,6 +38,9 @@ def load_ops(fla_root: str):
     if not os.path.isdir(os.path.join(pkg_dir, "ops", "momentum_delta_rule")):
         raise SystemExit(f"error: {pkg_dir}/ops/momentum_delta_rule not found (give --fla-root the folder "
                          "that holds the authors' fla/ package)")
+    # Their fla/utils.py reads a name FLA_CACHE_RESULTS that it never defines once triton.autotune takes
+    # cache_results (triton >= 3.4); provide it (False: no on-disk autotune cache) so the module imports.
+    builtins.FLA_CACHE_RESULTS = False
     for name in ("fla", "fla.ops", "fla.modules"):  # namespace stand-ins: their submodules import normally
         mod = types.ModuleType(name)
         mod.__path__ = [os.path.join(pkg_dir, *name.split(".")[1:])]
