@@ -15,6 +15,7 @@ import pytest
 
 from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.pallas import common
+from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.core import _xla_local
 from mdn_jax.pallas.local_vjp import local_stage_vjp
@@ -232,6 +233,36 @@ def test_interpret_chunk_local_bf16_operands():
     _check_local(_local_inputs(3, 1, 128, 2, 64, 128), 64, jnp.bfloat16, 1e-2, interpret=True)
 
 
+# ---------------------------------------------------------------- pass-cotangent kernel vs its XLA version
+
+GRADS_NAMES = ("da", "db", "dqb", "dy", "dz", "dkg", "dkr", "dattn", "ddecay")
+
+
+def _grads_inputs(seed, B, HV, NC, C, K, V, dtype):
+    """Random saved tensors and cotangents of the sequential pass (never zeros)."""
+    rng = np.random.default_rng(seed)
+    f = lambda *s, dt=dtype: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dt)  # noqa: E731
+    BH = B * HV
+    return (f(BH, NC, C, dt=jnp.float32), f(BH, NC, C, dt=jnp.float32), f(BH, NC, C, K), f(B, NC * C, HV, V),
+            f(BH, NC, C, V), f(BH, NC, C, V), f(BH, NC, K, V), f(BH, NC, K, V), f(BH, NC, K, V), f(BH, NC, K, V))
+
+
+def _check_grads_kernel(args, HV, tol, interpret, **blocks):
+    ref = jax.jit(functools.partial(pass_cotangents_xla, num_heads=HV))(*args)
+    out = jax.jit(functools.partial(pass_cotangents, num_heads=HV, interpret=interpret, **blocks))(*args)
+    for name, o, r in zip(GRADS_NAMES, out, ref, strict=True):
+        assert o.shape == r.shape and o.dtype == r.dtype, (name, o.shape, r.shape, o.dtype, r.dtype)
+        err = rel(o, r)
+        assert err < tol, f"{name}: rel err {err:.2e} >= {tol}"
+
+
+@pytest.mark.parametrize("C,K,V,blocks", [(64, 64, 64, {}), (16, 64, 128, dict(block_k=32, block_v=32)),
+                                          (32, 32, 16, dict(block_k=16, block_v=16))])
+def test_interpret_pass_cotangents_match_xla(C, K, V, blocks):
+    """Several K blocks (dattn from the first only, partial sums added) and V loop steps; grouped layout of dO."""
+    _check_grads_kernel(_grads_inputs(C + K + V, 2, 3, 3, C, K, V, jnp.float32), 3, 1e-5, True, **blocks)
+
+
 # ---------------------------------------------------------------- GPU: compiled Triton kernels
 
 
@@ -242,6 +273,13 @@ def test_gpu_chunk_local_matches_xla_stage(T, K, V, dtype, tol):
     for gates in ("random", "mu0", "reset", "drift"):
         _check_local(_local_inputs(T + K, 2, T, 2, K, V, gates), 64, dtype, tol, interpret=False)
 
+
+
+@gpu
+@pytest.mark.parametrize("K,V,dtype,tol", [(128, 256, jnp.bfloat16, 1e-2), (256, 512, jnp.float32, 1e-4),
+                                           (128, 128, jnp.float32, 1e-4)])
+def test_gpu_pass_cotangents_match_xla(K, V, dtype, tol):
+    _check_grads_kernel(_grads_inputs(K + V, 2, 3, 16, 64, K, V, dtype), 3, tol, False)
 
 
 def _gpu_case(seed, T, K, V, dtype, B=2, H=2, **kw):

@@ -18,8 +18,8 @@ recurrence of spec 4.2 (B1)-(B2) with the output's contributions formed in regis
 
 Residual policy: the differentiated forward saves the chunk-start states S_c, M_c and N_c (operand
 dtype: bf16 in training); the backward is one reverse sweep, then every parameter cotangent is a
-product of saved tensors, parallel over chunks (XLA). Without differentiation nothing but O and the
-final states is written.
+product of saved tensors, parallel over chunks (`mdn_jax.pallas.chunk_grads`). Without differentiation
+nothing but O and the final states is written.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.pallas import common
+from mdn_jax.pallas import chunk_grads, common, tuning
 
 
 def _load_start(idx, table_ref, head, vs, acc, carry):
@@ -147,7 +147,8 @@ def chunk_pass(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk
                num_warps):
     """Sequential pass with fused output.
 
-    block_v: (columns per program without differentiation, columns per program under differentiation).
+    block_v: V columns per program of (the forward without differentiation, the forward under differentiation,
+      the reverse sweep).
 
     a, b: [BH, NC, C] float32; qb, y, z, kg, kr: [BH, NC, C, K]; attn: [BH, NC, C, C]; u: [BH, NC, C, V]
     (operand dtype); decay: [BH, NC, >=3] (a_L, b_L, m_L, ...); s0, m0: [N, HV, K, V]; chunk_init, chunk_final:
@@ -168,7 +169,6 @@ def _chunk_pass_fwd(a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, 
 
 
 def _chunk_pass_bwd(block_v, interpret, num_warps, res, cot):
-    block_v = block_v[1]
     a, b, qb, attn, y, z, kg, kr, decay, s_start, m_start, n, chunk_init, chunk_final, s0, m0 = res
     do, gfs, gfm = cot
     BH, NC, C, V = n.shape
@@ -176,38 +176,31 @@ def _chunk_pass_bwd(block_v, interpret, num_warps, res, cot):
     n_states, HV = s0.shape[:2]
     acc = s0.dtype
     lam_dtype = common.storage_dtype(y.dtype, acc)
-    kernel = functools.partial(_bwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
+    kernel = functools.partial(_bwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v[2], num_states=n_states,
                                precision=common.dot_precision(y.dtype, interpret))
     out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype), jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
-                 jax.ShapeDtypeStruct((BH, NC, C, V), acc), jax.ShapeDtypeStruct(s0.shape, acc),
+                 jax.ShapeDtypeStruct((BH, NC, C, V), lam_dtype), jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(m0.shape, acc))
     do_op = do.astype(y.dtype)  # [B, NC * C, HV, V]
-    ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
+    ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v[2]), out_shape, interpret, num_warps,
                                        chunk_init, chunk_final, decay, a, b, qb, attn, y, z, kg, kr, do_op, gfs, gfm)
-    do_op = jnp.moveaxis(do_op.reshape(BH // HV, NC, C, HV, V), 3, 1).reshape(BH, NC, C, V)
     # Parameter cotangents, parallel over chunks (ls, lm: cotangents of the chunk-END states).
-    mm = functools.partial(jnp.einsum, precision="highest", preferred_element_type=acc)
-    dnd = dn.astype(y.dtype)
-    g_s = mm("bncv,bnkv->bnck", do_op, s_start)  # dO S^T
-    g_m = mm("bncv,bnkv->bnck", do_op, m_start)  # dO M^T
-    qbf = qb.astype(acc)
-    da = jnp.sum(qbf * g_s, axis=-1)
-    db = -jnp.sum(qbf * g_m, axis=-1)
-    dqb = (a[..., None] * g_s - b[..., None] * g_m).astype(qb.dtype)
-    dattn = mm("bniv,bnjv->bnij", do_op, n).astype(attn.dtype)
-    du = dn.astype(y.dtype)
-    dy = -mm("bncv,bnkv->bnck", dnd, s_start).astype(y.dtype)
-    dz = mm("bncv,bnkv->bnck", dnd, m_start).astype(z.dtype)
-    dkg = mm("bncv,bnkv->bnck", n, ls).astype(kg.dtype)
-    dkr = -mm("bncv,bnkv->bnck", n, lm).astype(kr.dtype)
-    ddecay = jnp.stack([mm("bnkv,bnkv->bn", ls, s_start), -mm("bnkv,bnkv->bn", ls, m_start),
-                        mm("bnkv,bnkv->bn", lm, m_start)], axis=-1)
+    cfg = tuning.grads_config()
+    args = (a, b, qb, do_op, dn, n, s_start, m_start, ls, lm)
+    if cfg.use_kernel:
+        da, db, dqb, dy, dz, dkg, dkr, dattn, ddecay = chunk_grads.pass_cotangents(
+            *args, num_heads=HV, interpret=interpret, block_k=cfg.block_k, block_v=cfg.block_v,
+            num_warps=cfg.num_warps)
+    else:
+        da, db, dqb, dy, dz, dkg, dkr, dattn, ddecay = chunk_grads.pass_cotangents_xla(*args, num_heads=HV)
     ddecay = jnp.pad(ddecay, [(0, 0), (0, 0), (0, decay.shape[-1] - 3)]).astype(decay.dtype)
     # A start state taken from the table was written into ds0/dm0 by the kernel; rows never used stay zero.
     used = jnp.zeros((n_states,), bool).at[chunk_init.reshape(-1)].set(True, mode="drop")
     ds0 = jnp.where(used[:, None, None, None], ds0, 0.0).astype(s0.dtype)
     dm0 = jnp.where(used[:, None, None, None], dm0, 0.0).astype(m0.dtype)
-    return da.astype(a.dtype), db.astype(b.dtype), dqb, dattn, du, dy, dz, dkg, dkr, ddecay, ds0, dm0, None, None
+    cast = lambda x, like: x.astype(like.dtype)  # noqa: E731
+    return (cast(da, a), cast(db, b), cast(dqb, qb), cast(dattn, attn), dn, cast(dy, y), cast(dz, z), cast(dkg, kg),
+            cast(dkr, kr), ddecay, ds0, dm0, None, None)
 
 
 chunk_pass.defvjp(_chunk_pass_fwd, _chunk_pass_bwd)

@@ -104,6 +104,6 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, C, op_dtype,
                                                            interpret)
     o, fs, fm = chunk_pass(a, b, qbf, attn, u, y, z, kg, kr, decay, s0, m0, x.chunk_init, x.chunk_final,
-                           (cfg.block_v_infer, cfg.block_v), interpret, cfg.num_warps)
+                           (cfg.block_v_infer, cfg.block_v_save, cfg.block_v), interpret, cfg.num_warps)
     o = o[..., :V]
     return o, (fs[..., :K, :V], fm[..., :K, :V])

@@ -1,9 +1,11 @@
 """Block sizes of the Pallas kernels per shape (a small table; measured on H100, see experiments/results/).
 
-Environment overrides (for tuning runs): `MDN_BLOCK_V` (sequential pass under differentiation),
-`MDN_BLOCK_V_INFER` (sequential pass without differentiation), `MDN_NUM_WARPS` (sequential pass),
-`MDN_LOCAL_WARPS` (chunk-local kernels); `MDN_LOCAL_KERNEL=0` computes the chunk-local stage in XLA instead
-of the Pallas kernels (for side-by-side measurement).
+Environment overrides (for tuning runs): `MDN_BLOCK_V` (reverse sweep), `MDN_BLOCK_V_SAVE` (forward pass under
+differentiation, which also writes the chunk states), `MDN_BLOCK_V_INFER` (forward pass without
+differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-local kernels),
+`MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel of `chunk_grads`);
+`MDN_LOCAL_KERNEL=0` computes the chunk-local stage in XLA instead of the Pallas kernels and
+`MDN_GRADS_KERNEL=0` the pass cotangents in XLA (for side-by-side measurement).
 """
 
 from __future__ import annotations
@@ -13,24 +15,44 @@ from typing import NamedTuple
 
 
 class BlockConfig(NamedTuple):
-    block_v: int  # V columns of the state per program of the sequential pass, under differentiation
-    block_v_infer: int  # the same without differentiation (no per-chunk states written)
-    num_warps: int  # sequential pass
+    block_v: int  # V columns of the state per program of the reverse sweep
+    block_v_save: int  # the same for the forward pass under differentiation (writes the chunk states)
+    block_v_infer: int  # the same for the forward pass without differentiation (no per-chunk states written)
+    num_warps: int  # sequential passes
     local_warps: int  # chunk-local kernels
+
+
+class GradsConfig(NamedTuple):
+    use_kernel: bool  # the pass cotangents as the Pallas kernel of chunk_grads (else XLA products)
+    block_k: int  # K rows per program
+    block_v: int  # V columns per loop step
+    num_warps: int
+
+
+def _env(name: str, default) -> int:
+    return int(os.environ.get(name, default))
 
 
 def block_config(K: int, V: int, chunk_size: int) -> BlockConfig:
     """Block sizes for the sequential pass: S and M ([K, block_v] float32 each) live in registers.
 
-    H100, S400 (K=128, V=256): block_v 32 is fastest forward+backward, 64 fastest forward alone
+    H100, S400 (K=128, V=256): block_v 32 is fastest for the reverse sweep, 64 for the forward pass alone
     (results h100_2026-11-23_c91c7ff and _1d83036).
     """
     del chunk_size
-    env = lambda name, default: int(os.environ.get(name, default))  # noqa: E731
-    block_v = env("MDN_BLOCK_V", 32 if K <= 128 else 16)
-    block_v_infer = env("MDN_BLOCK_V_INFER", 64 if K <= 128 else 16)
-    return BlockConfig(block_v=min(block_v, V), block_v_infer=min(block_v_infer, V),
-                       num_warps=env("MDN_NUM_WARPS", 4), local_warps=env("MDN_LOCAL_WARPS", 4))
+    block_v = _env("MDN_BLOCK_V", 32 if K <= 128 else 16)
+    wide = 64 if K <= 128 else 16
+    block_v_save, block_v_infer = _env("MDN_BLOCK_V_SAVE", wide), _env("MDN_BLOCK_V_INFER", wide)
+    return BlockConfig(block_v=min(block_v, V), block_v_save=min(block_v_save, V),
+                       block_v_infer=min(block_v_infer, V), num_warps=_env("MDN_NUM_WARPS", 4),
+                       local_warps=_env("MDN_LOCAL_WARPS", 4))
+
+
+def grads_config() -> GradsConfig:
+    """Blocks of the pass-cotangent kernel: per program [C, block_k] float32 accumulators (six) and a [C, C] one."""
+    return GradsConfig(use_kernel=os.environ.get("MDN_GRADS_KERNEL", "1") != "0",
+                       block_k=_env("MDN_GRADS_BLOCK_K", 64), block_v=_env("MDN_GRADS_BLOCK_V", 64),
+                       num_warps=_env("MDN_GRADS_WARPS", 8))
 
 
 def use_local_kernel() -> bool:
