@@ -36,13 +36,14 @@ def _env(name: str, default) -> int:
 def block_config(K: int, V: int, chunk_size: int) -> BlockConfig:
     """Block sizes for the sequential pass: S and M ([K, block_v] float32 each) live in registers.
 
-    H100, S400 (K=128, V=256): block_v 32 is fastest for the reverse sweep, 64 for the forward pass alone
-    (results h100_2026-11-23_c91c7ff and _1d83036).
+    S400 (K=128, V=256): block_v 32 is fastest for the reverse sweep and for the forward pass that writes the
+    chunk states (H200, d5e7720: fwd+bwd 5.68 ms with 32, 5.87 with 64), 64 for the forward pass alone
+    (H100, h100_2026-11-23_c91c7ff and _1d83036).
     """
     del chunk_size
     block_v = _env("MDN_BLOCK_V", 32 if K <= 128 else 16)
-    wide = 64 if K <= 128 else 16
-    block_v_save, block_v_infer = _env("MDN_BLOCK_V_SAVE", wide), _env("MDN_BLOCK_V_INFER", wide)
+    block_v_save = _env("MDN_BLOCK_V_SAVE", block_v)
+    block_v_infer = _env("MDN_BLOCK_V_INFER", 64 if K <= 128 else 16)
     return BlockConfig(block_v=min(block_v, V), block_v_save=min(block_v_save, V),
                        block_v_infer=min(block_v_infer, V), num_warps=_env("MDN_NUM_WARPS", 4),
                        local_warps=_env("MDN_LOCAL_WARPS", 4))
