@@ -10,8 +10,10 @@ Gated DeltaNet reference, `fla.ops.gated_delta_rule`) is loaded: the package `__
 code, are bypassed. Inputs as ANCHORS.md: bf16 q/k/v ~ N(0, 1), fp32 gates (log_alpha = logsigmoid(N(0,1))/8,
 log_mu the same clamped at -2, beta = sigmoid(U(0,1)), eta = U(0,2)), p = k with p * alpha and the L2 norms
 inside their kernel, chunk 64, dO ~ N(0, 1). Timing: `triton.testing.do_bench`, median. Memory:
-`torch.cuda.max_memory_allocated` over one forward+backward (inputs included). Prints one JSON row per case and
-writes DIR/bench_authors.json.
+`torch.cuda.max_memory_allocated` over one forward+backward (inputs included). Prints each time as it is taken
+(their kernels autotune on first call), then one JSON row per case, and writes DIR/bench_authors.json.
+Seen on an H200 (2026-12-01): with triton 3.6 it printed nothing within 110 s and then 330 s at S400 (first
+call autotuning or a hang; not established), so give it a long timeout.
 """
 
 from __future__ import annotations
@@ -69,9 +71,16 @@ def inputs(B, T, H, K, V, seed=0):
     return (q, k, v, la, lm, beta, eta), do
 
 
-def bench_case(name, shape, mdn, gdn, warmup=25, rep=100):
-    import torch
+def _timed(row, key, fn, **kw):
+    """row[key] = median ms of fn by triton.testing.do_bench; printed at once (their first calls autotune)."""
     import triton
+
+    row[key] = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median", **kw)
+    print(json.dumps({"case": row["case"], "impl": row["impl"], key: row[key]}), flush=True)
+
+
+def bench_case(name, shape, mdn, gdn):
+    import torch
 
     (q, k, v, la, lm, beta, eta), do = inputs(**shape)
     leaves = [x.requires_grad_() for x in (q, k, v, la, lm, beta, eta)]
@@ -83,9 +92,8 @@ def bench_case(name, shape, mdn, gdn, warmup=25, rep=100):
 
     row = dict(case=name, impl="authors chunk_mode_rule", **shape)
     with torch.no_grad():
-        row["fwd_ms"] = triton.testing.do_bench(fwd, warmup=warmup, rep=rep, return_mode="median")
-    row["fwd_bwd_ms"] = triton.testing.do_bench(fwd_bwd, warmup=warmup, rep=rep, grad_to_none=leaves,
-                                                return_mode="median")
+        _timed(row, "fwd_ms", fwd)
+    _timed(row, "fwd_bwd_ms", fwd_bwd, grad_to_none=leaves)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     fwd_bwd()
@@ -101,9 +109,8 @@ def bench_case(name, shape, mdn, gdn, warmup=25, rep=100):
 
         try:
             with torch.no_grad():
-                g["fwd_ms"] = triton.testing.do_bench(gdn_fwd, warmup=warmup, rep=rep, return_mode="median")
-            g["fwd_bwd_ms"] = triton.testing.do_bench(gdn_fwd_bwd, warmup=warmup, rep=rep, grad_to_none=leaves,
-                                                      return_mode="median")
+                _timed(g, "fwd_ms", gdn_fwd)
+            _timed(g, "fwd_bwd_ms", gdn_fwd_bwd, grad_to_none=leaves)
         except Exception as e:  # noqa: BLE001 - reported, the MDN rows stand
             g["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(g)
