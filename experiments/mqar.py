@@ -1,6 +1,7 @@
 """MQAR (multi-query associative recall, Zoology) with 2-layer MDN, GDN (mu = 0) and Transformer models.
 
     python experiments/mqar.py --preset cpu-smoke      # a few steps, tiny, CPU (CI)
+    python experiments/mqar.py --preset cpu --seeds 0 1 2 --model-seeds transformer=0   # a small real grid, CPU
     python experiments/mqar.py --preset gpu            # the grid: widths x (seq_len, kv pairs) x lrs x models
     python experiments/mqar.py --preset gpu --widths 64 128 --tasks 256:16 512:32 --steps 800 \\
         --seeds 0 1 --model-seeds transformer=0 --time-budget 215      # a cut of it (say what was cut)
@@ -56,6 +57,11 @@ PRESETS = {
     # CI smoke: one tiny cell per model, a few steps (accuracy is meaningless, the plumbing is tested)
     "cpu-smoke": dict(models=["mdn", "gdn", "transformer"], widths=[16], tasks=[(32, 4)], lrs=[3e-3], vocab=64,
                       steps=3, batch=8, test_examples=32, layers=2, head_dim=16, chunk_size=16),
+    # a small real grid for a 2-core CPU (~15 min with 3 seeds of MDN/GDN): a small state (one head of key dim 16)
+    # against 8 and 16 kv pairs, vocab 256 so that 1500 steps leave the loss plateau (at vocab 8192, 800 steps did
+    # not, on a GPU)
+    "cpu": dict(models=["mdn", "gdn", "transformer"], widths=[32], tasks=[(64, 8), (64, 16)], lrs=[1e-3, 3e-3],
+                vocab=256, steps=1500, batch=64, test_examples=500, layers=2, head_dim=16, chunk_size=32),
     # the grid for one GPU (Zoology-like: vocab 8192, kv pairs ~ T/16); 72 runs, more than one session's GPU time
     "gpu": dict(models=["mdn", "gdn", "transformer"], widths=[64, 128, 256], tasks=[(64, 4), (128, 8), (256, 16),
                 (512, 32)], lrs=[1e-3, 3e-3], vocab=8192, steps=2000, batch=64, test_examples=1000, layers=2,

@@ -17,6 +17,7 @@ from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.pallas import common
 from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import chunk_local
+from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.core import _xla_local
 from mdn_jax.pallas.local_vjp import local_stage_vjp
 
@@ -229,6 +230,48 @@ def test_local_stage_vjp_matches_autodiff_of_xla_stage(gates):
         assert rel(g, r) < 1e-9, f"{name}: {rel(g, r):.2e}"
 
 
+def _check_local_vjp_kernel(args, C, dtype, tol, interpret, seed=2, **blocks):
+    """local_stage_vjp_kernel == local_stage_vjp (XLA products) on random cotangents of every stage output."""
+    args = tuple(x.astype(dtype) if x.ndim == 4 else x for x in args)
+    out, t = chunk_local(*args, chunk=C, op_dtype=dtype, interpret=interpret, with_t=True)
+    rng = np.random.default_rng(seed)
+    cot = tuple(jnp.asarray(rng.standard_normal(o.shape), jnp.float32).astype(o.dtype) for o in out)
+    res = args + (t,)
+    ref = jax.jit(functools.partial(local_stage_vjp, chunk=C, op_dtype=dtype))(res, cot)
+    got = jax.jit(functools.partial(local_stage_vjp_kernel, chunk=C, op_dtype=dtype, interpret=interpret,
+                                    **blocks))(res, cot)
+    for name, g, r in zip(("qb", "kt", "p", "v", "log_alpha", "log_mu", "beta"), got, ref, strict=True):
+        assert g.shape == r.shape and g.dtype == r.dtype, (name, g.shape, r.shape, g.dtype, r.dtype)
+        err = rel(g, r)
+        assert err < tol, f"{name}: rel err {err:.2e} >= {tol}"
+
+
+@pytest.mark.parametrize("C,K,V,gates,blocks", [(32, 32, 64, "random", {}), (16, 64, 32, "reset", dict(block_k=16)),
+                                                (64, 32, 32, "mu0", dict(block_k=32, block_v=16))])
+@pytest.mark.usefixtures("x64")
+def test_interpret_local_vjp_kernel_matches_xla(C, K, V, gates, blocks):
+    """The chunk-local VJP kernel (several K and V blocks) equals the XLA products, in float64."""
+    args = tuple(x.astype(jnp.float64) for x in _local_inputs(C + K, 1, 128, 2, K, V, gates))
+    _check_local_vjp_kernel(args, C, jnp.float64, 1e-10, interpret=True, **blocks)
+
+
+def test_interpret_grads_with_local_vjp_kernel(monkeypatch):
+    """The op's gradients through the opt-in chunk-local VJP kernel (MDN_LOCAL_VJP_KERNEL=1) == 'xla'."""
+    inputs, init = make_inputs(17, B=2, T=130, H=2, K=32, V=32)
+    g_ref = grads("xla", inputs, init)
+    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "1")
+    _op.cache_clear()  # the setting is read while tracing: trace anew, and leave no traces with it behind
+    try:
+        g = grads("pallas", inputs, init)
+    finally:
+        _op.cache_clear()
+    assert_grads_close(g, g_ref, 1e-4, "local VJP kernel")
+
+
+def test_interpret_local_vjp_kernel_bf16_operands():
+    _check_local_vjp_kernel(_local_inputs(4, 1, 128, 2, 64, 128), 64, jnp.bfloat16, 2e-2, interpret=True)
+
+
 def test_interpret_chunk_local_bf16_operands():
     _check_local(_local_inputs(3, 1, 128, 2, 64, 128), 64, jnp.bfloat16, 1e-2, interpret=True)
 
@@ -282,6 +325,14 @@ def test_gpu_pass_cotangents_match_xla(K, V, dtype, tol):
     _check_grads_kernel(_grads_inputs(K + V, 2, 3, 16, 64, K, V, dtype), 3, tol, False)
 
 
+@gpu
+@pytest.mark.parametrize("T,K,V,dtype,tol", [(1024, 128, 256, jnp.bfloat16, 2e-2), (256, 256, 512, jnp.float32, 1e-4),
+                                             (1024, 128, 128, jnp.float32, 1e-4)])
+def test_gpu_local_vjp_kernel_matches_xla(T, K, V, dtype, tol):
+    for gates in ("random", "mu0", "reset", "drift"):
+        _check_local_vjp_kernel(_local_inputs(T + K, 2, T, 2, K, V, gates), 64, dtype, tol, interpret=False)
+
+
 def _gpu_case(seed, T, K, V, dtype, B=2, H=2, **kw):
     inputs, init = make_inputs(seed, B=B, T=T, H=H, K=K, V=V, dtype=dtype, **kw)
     ref_inputs = {n: (None if x is None else x.astype(jnp.float32)) for n, x in inputs.items()}
@@ -301,6 +352,21 @@ def test_gpu_forward_and_grads(dtype, tol, T, K, V):
     assert_close(run("pallas", inputs, init), ref, tol, f"{dtype.__name__} T={T} K={K} V={V}")
     g = grads("pallas", inputs, init)
     g_ref = grads("xla", ref_inputs, init)
+    assert_grads_close(g, g_ref, 2 * tol, f"{dtype.__name__} T={T} K={K} V={V}")
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol,T,K,V", [GPU_CASES[1], GPU_CASES[2], GPU_CASES[4]])
+def test_gpu_forward_and_grads_local_vjp_kernel(monkeypatch, dtype, tol, T, K, V):
+    """The op's gradients with MDN_LOCAL_VJP_KERNEL=1 (opt-in) against the fp32 reference."""
+    inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
+    g_ref = grads("xla", ref_inputs, init)
+    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "1")
+    _op.cache_clear()  # the setting is read while tracing: trace anew, and leave no traces with it behind
+    try:
+        g = grads("pallas", inputs, init)
+    finally:
+        _op.cache_clear()
     assert_grads_close(g, g_ref, 2 * tol, f"{dtype.__name__} T={T} K={K} V={V}")
 
 

@@ -1,8 +1,8 @@
 """`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels.
 
 The chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; its VJP is `local_stage_vjp` (XLA
-products from the saved T). `MDN_LOCAL_KERNEL=0` runs the stage in XLA with XLA's autodiff instead (for
-side-by-side measurement).
+products from the saved T), or with `MDN_LOCAL_VJP_KERNEL=1` the kernel of `mdn_jax.pallas.chunk_local_bwd`.
+`MDN_LOCAL_KERNEL=0` runs the stage in XLA with XLA's autodiff instead (for side-by-side measurement).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import jax.numpy as jnp
 from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
 from mdn_jax.pallas.chunk_local import chunk_local
+from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.chunk_pass import chunk_pass
 from mdn_jax.pallas.local_vjp import local_stage_vjp
-from mdn_jax.pallas.tuning import block_config, use_local_kernel
+from mdn_jax.pallas.tuning import block_config, local_vjp_config, use_local_kernel
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -70,11 +71,15 @@ def _local_stage_fwd(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, int
 
 
 def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
-    del interpret
     if not use_local_kernel():
         return res(cot)  # the XLA stage's vjp
     saved, dtypes = res
-    grads = local_stage_vjp(saved, cot, chunk, op_dtype)
+    cfg = local_vjp_config()
+    if cfg.use_kernel:
+        grads = local_stage_vjp_kernel(saved, cot, chunk, op_dtype, interpret=interpret, block_k=cfg.block_k,
+                                       block_v=cfg.block_v, num_warps=cfg.num_warps)
+    else:
+        grads = local_stage_vjp(saved, cot, chunk, op_dtype)
     return tuple(g.astype(dtypes.dtype) for g in grads[:4]) + grads[4:]
 
 

@@ -3,9 +3,12 @@
 Environment overrides (for tuning runs): `MDN_BLOCK_V` (reverse sweep), `MDN_BLOCK_V_SAVE` (forward pass under
 differentiation, which also writes the chunk states), `MDN_BLOCK_V_INFER` (forward pass without
 differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-local kernels),
-`MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel of `chunk_grads`);
+`MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel of `chunk_grads`),
+`MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_VJP_WARPS` (the kernel of `chunk_local_bwd`);
 `MDN_LOCAL_KERNEL=0` computes the chunk-local stage in XLA instead of the Pallas kernels and
-`MDN_GRADS_KERNEL=0` the pass cotangents in XLA (for side-by-side measurement).
+`MDN_GRADS_KERNEL=0` the pass cotangents in XLA (for side-by-side measurement); `MDN_LOCAL_VJP_KERNEL=1` runs
+the chunk-local VJP as the Pallas kernel of `chunk_local_bwd` instead of XLA products (opt-in: not yet
+measured on a GPU).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ class BlockConfig(NamedTuple):
     local_warps: int  # chunk-local kernels
 
 
-class GradsConfig(NamedTuple):
-    use_kernel: bool  # the pass cotangents as the Pallas kernel of chunk_grads (else XLA products)
-    block_k: int  # K rows per program
+class KernelConfig(NamedTuple):
+    """A backward stage that runs as a Pallas kernel or as XLA products."""
+
+    use_kernel: bool  # the Pallas kernel (else the XLA products)
+    block_k: int  # K columns per block
     block_v: int  # V columns per loop step
     num_warps: int
 
@@ -49,11 +54,17 @@ def block_config(K: int, V: int, chunk_size: int) -> BlockConfig:
                        local_warps=_env("MDN_LOCAL_WARPS", 4))
 
 
-def grads_config() -> GradsConfig:
+def grads_config() -> KernelConfig:
     """Blocks of the pass-cotangent kernel: per program [C, block_k] float32 accumulators (six) and a [C, C] one."""
-    return GradsConfig(use_kernel=os.environ.get("MDN_GRADS_KERNEL", "1") != "0",
-                       block_k=_env("MDN_GRADS_BLOCK_K", 64), block_v=_env("MDN_GRADS_BLOCK_V", 64),
-                       num_warps=_env("MDN_GRADS_WARPS", 8))
+    return KernelConfig(use_kernel=_env("MDN_GRADS_KERNEL", 1) != 0, block_k=_env("MDN_GRADS_BLOCK_K", 64),
+                        block_v=_env("MDN_GRADS_BLOCK_V", 64), num_warps=_env("MDN_GRADS_WARPS", 8))
+
+
+def local_vjp_config() -> KernelConfig:
+    """The chunk-local VJP kernel: per program [C, C] float32 tiles (T, dT, Qb Kt^T, P Kt^T) and [C, block_k]
+    blocks. Off by default until measured on a GPU."""
+    return KernelConfig(use_kernel=_env("MDN_LOCAL_VJP_KERNEL", 0) != 0, block_k=_env("MDN_LOCAL_VJP_BLOCK_K", 32),
+                        block_v=_env("MDN_LOCAL_VJP_BLOCK_V", 64), num_warps=_env("MDN_LOCAL_VJP_WARPS", 4))
 
 
 def use_local_kernel() -> bool:
