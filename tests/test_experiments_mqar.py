@@ -97,6 +97,16 @@ def test_time_budget_writes_partial_results(tmp_path):
     assert "Not run: 3 runs" in (tmp_path / "mqar_cpu-smoke.md").read_text()
 
 
+def test_vocab_override_is_recorded_and_checked(tmp_path):
+    p = _mqar("--out", str(tmp_path), "--vocab", "128", "--time-budget", "1e-9", timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "mqar_cpu-smoke.json").read_text())
+    assert res["cut"]["vocab"] == {"preset": 64, "run": 128}
+    assert "vocab 64 -> 128" in (tmp_path / "mqar_cpu-smoke.md").read_text()
+    bad = _mqar("--out", str(tmp_path), "--vocab", "8", timeout=120)
+    assert bad.returncode == 2 and "needs vocab_size >= 10" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def _cell(model, lr, seed, acc):
     return {"model": model, "width": 64, "seq_len": 128, "kv_pairs": 8, "lr": lr, "seed": seed, "accuracy": acc,
             "final_loss": 1.0 - acc, "params": 10}

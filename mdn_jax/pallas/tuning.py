@@ -1,4 +1,4 @@
-"""Block sizes of the Pallas kernels per shape (a small table; measured on H100, see experiments/results/).
+"""Block sizes of the Pallas kernels per shape (a small table; measured on H100 and H200, see experiments/results/).
 
 Environment overrides (for tuning runs): `MDN_BLOCK_V` (reverse sweep), `MDN_BLOCK_V_SAVE` (forward pass under
 differentiation, which also writes the chunk states), `MDN_BLOCK_V_INFER` (forward pass without
@@ -68,5 +68,6 @@ def local_vjp_config() -> KernelConfig:
 
 
 def use_local_kernel() -> bool:
-    """Whether the non-differentiated chunk-local stage runs as Pallas kernels (env MDN_LOCAL_KERNEL, default 1)."""
+    """Whether the chunk-local stage runs as Pallas kernels with the VJP from their saved T (env MDN_LOCAL_KERNEL,
+    default 1), instead of XLA and its autodiff."""
     return os.environ.get("MDN_LOCAL_KERNEL", "1") != "0"
