@@ -25,13 +25,9 @@ import os
 import sys
 import types
 
-SHAPES = {
-    "S400": dict(B=8, T=4096, H=6, K=128, V=256),
-    "S400-T2048": dict(B=8, T=2048, H=6, K=128, V=256),
-    "S400-T8192": dict(B=8, T=8192, H=6, K=128, V=256),
-    "S400-T32768": dict(B=1, T=32768, H=6, K=128, V=256),
-    "1.3B": dict(B=4, T=4096, H=6, K=256, V=512),
-}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.shapes import SHAPES  # noqa: E402
 
 
 def load_ops(fla_root: str):

@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 
 import jax
@@ -26,14 +27,8 @@ import jax.numpy as jnp
 
 from mdn_jax.ops import momentum_delta_rule
 
-SHAPES = {
-    "S400": dict(B=8, T=4096, H=6, K=128, V=256),
-    "S400-T2048": dict(B=8, T=2048, H=6, K=128, V=256),
-    "S400-T8192": dict(B=8, T=8192, H=6, K=128, V=256),
-    "S400-T32768": dict(B=1, T=32768, H=6, K=128, V=256),
-    "1.3B": dict(B=4, T=4096, H=6, K=256, V=512),
-    "tiny": dict(B=1, T=128, H=2, K=32, V=32),  # CPU smoke run of this script
-}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.shapes import SHAPES  # noqa: E402
 
 
 def anchor_inputs(B, T, H, K, V, dtype=jnp.bfloat16, seed=0):

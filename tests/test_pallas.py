@@ -255,16 +255,22 @@ def test_interpret_local_vjp_kernel_matches_xla(C, K, V, gates, blocks):
     _check_local_vjp_kernel(args, C, jnp.float64, 1e-10, interpret=True, **blocks)
 
 
+def _grads_with_local_vjp_kernel(monkeypatch, inputs, init):
+    """grads('pallas', ...) with MDN_LOCAL_VJP_KERNEL=1: read while tracing, so trace anew and leave no traces
+    with it behind."""
+    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "1")
+    _op.cache_clear()
+    try:
+        return grads("pallas", inputs, init)
+    finally:
+        _op.cache_clear()
+
+
 def test_interpret_grads_with_local_vjp_kernel(monkeypatch):
     """The op's gradients through the opt-in chunk-local VJP kernel (MDN_LOCAL_VJP_KERNEL=1) == 'xla'."""
     inputs, init = make_inputs(17, B=2, T=130, H=2, K=32, V=32)
     g_ref = grads("xla", inputs, init)
-    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "1")
-    _op.cache_clear()  # the setting is read while tracing: trace anew, and leave no traces with it behind
-    try:
-        g = grads("pallas", inputs, init)
-    finally:
-        _op.cache_clear()
+    g = _grads_with_local_vjp_kernel(monkeypatch, inputs, init)
     assert_grads_close(g, g_ref, 1e-4, "local VJP kernel")
 
 
@@ -361,12 +367,7 @@ def test_gpu_forward_and_grads_local_vjp_kernel(monkeypatch, dtype, tol, T, K, V
     """The op's gradients with MDN_LOCAL_VJP_KERNEL=1 (opt-in) against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
     g_ref = grads("xla", ref_inputs, init)
-    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "1")
-    _op.cache_clear()  # the setting is read while tracing: trace anew, and leave no traces with it behind
-    try:
-        g = grads("pallas", inputs, init)
-    finally:
-        _op.cache_clear()
+    g = _grads_with_local_vjp_kernel(monkeypatch, inputs, init)
     assert_grads_close(g, g_ref, 2 * tol, f"{dtype.__name__} T={T} K={K} V={V}")
 
 
