@@ -26,11 +26,6 @@ from jax.experimental import pallas as pl
 from mdn_jax.pallas import common
 
 
-def _dot_t(x, y, precision, acc):
-    """x y^T for x [M, J], y [N, J]."""
-    return lax.dot_general(x, y, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=acc)
-
-
 def _grads_kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, lm_ref,
                   dqb_ref, dy_ref, dz_ref, dkg_ref, dkr_ref, dattn_ref, da_ref, db_ref, ddecay_ref,
                   *, num_heads, block_k, block_v, precision):
@@ -39,7 +34,7 @@ def _grads_kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_
     C, V = n_ref.shape[-2:]
     ks = pl.ds(kb * block_k, block_k)
     acc = da_ref.dtype
-    dot_t = functools.partial(_dot_t, precision=precision, acc=acc)
+    dot_t = functools.partial(common.dot_t, precision=precision, acc=acc)
 
     def body(j, carry):
         g_s, g_m, g_y, g_z, g_g, g_r, g_a, d_s, d_sm, d_m = carry
@@ -66,8 +61,7 @@ def _grads_kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_
     dkr_ref[bh, c, :, ks] = (-g_r).astype(dkr_ref.dtype)
     da_ref[kb, bh, c] = jnp.sum(qb * g_s, axis=1)
     db_ref[kb, bh, c] = -jnp.sum(qb * g_m, axis=1)
-    idx = lax.broadcasted_iota(jnp.int32, (C,), 0)
-    ddecay_ref[kb, bh, c] = jnp.where(idx == 0, d_s, jnp.where(idx == 1, -d_sm, jnp.where(idx == 2, d_m, 0.0)))
+    ddecay_ref[kb, bh, c] = common.scalars_vector(C, d_s, -d_sm, d_m)
 
     @pl.when(kb == 0)
     def _():

@@ -40,20 +40,11 @@ def _gate_precision(op_dtype, interpret: bool):
     return lax.DotAlgorithmPreset.TF32_TF32_F32
 
 
-def _iota(shape, axis):
-    return lax.broadcasted_iota(jnp.int32, shape, axis)
-
-
 def _shift_down(x):
     """y[r] = x[r - 1], y[0] = 0, for a vector x [C]."""
     C = x.shape[0]
-    rows, cols = _iota((C, C), 0), _iota((C, C), 1)
+    rows, cols = common.iota((C, C), 0), common.iota((C, C), 1)
     return jnp.sum(jnp.where(cols == rows - 1, x[None, :], 0.0), axis=1)
-
-
-def _pick_row(x, r):
-    """Row r of x [R, C] as a vector [C]."""
-    return jnp.sum(jnp.where(_iota(x.shape, 0) == r, x, 0.0), axis=0)
 
 
 def _segment_decay(x, offset):
@@ -64,7 +55,7 @@ def _segment_decay(x, offset):
     cumulative sum (never a difference of prefix sums).
     """
     C = x.shape[0]
-    rows, cols = _iota((C, C), 0), _iota((C, C), 1)
+    rows, cols = common.iota((C, C), 0), common.iota((C, C), 1)
     y = _shift_down(x) if offset else x
     seg = jnp.cumsum(jnp.where(rows > cols + offset, y[:, None], 0.0), axis=0)
     return jnp.where(rows >= cols + offset, jnp.exp(seg), 0.0)
@@ -97,15 +88,15 @@ def _coeff_kernel(qb_ref, kt_ref, p_ref, la_ref, lm_ref, beta_ref,
     attn_ref[bh, c] = (dot(qb, kt.T) * gamma).astype(attn_ref.dtype)
     qbo_ref[bh, c] = qb.astype(qbo_ref.dtype)
     ktf = kt.astype(acc)
-    kg_ref[bh, c] = (ktf * _pick_row(gamma, chunk - 1)[:, None]).astype(kg_ref.dtype)
-    kr_ref[bh, c] = (ktf * _pick_row(d_mu, chunk - 1)[:, None]).astype(kr_ref.dtype)
+    kg_ref[bh, c] = (ktf * common.pick_row(gamma, chunk - 1)[:, None]).astype(kg_ref.dtype)
+    kr_ref[bh, c] = (ktf * common.pick_row(d_mu, chunk - 1)[:, None]).astype(kr_ref.dtype)
     a_ref[bh, c] = a
     b_ref[bh, c] = b
     d_ref[bh, c] = jnp.exp(jnp.cumsum(_shift_down(la)))
     e_ref[bh, c] = _shift_down(b)
-    idx = _iota((chunk,), 0)
+    idx = common.iota((chunk,), 0)
     last = lambda x: jnp.sum(jnp.where(idx == chunk - 1, x, 0.0))  # noqa: E731
-    decay_ref[bh, c] = jnp.where(idx == 0, last(a), jnp.where(idx == 1, last(b), jnp.where(idx == 2, last(m), 0.0)))
+    decay_ref[bh, c] = common.scalars_vector(chunk, last(a), last(b), last(m))
 
 
 def _solve_kernel(w_ref, t_ref, *, chunk, gate_precision):
@@ -113,13 +104,13 @@ def _solve_kernel(w_ref, t_ref, *, chunk, gate_precision):
     acc = w_ref.dtype
     nb, n = chunk // _BLOCK, _BLOCK
     block = lambda i, j: w_ref[bh, c, pl.ds(i * n, n), pl.ds(j * n, n)]  # noqa: E731
-    rows, cols = _iota((n, n), 0), _iota((n, n), 1)
+    rows, cols = common.iota((n, n), 0), common.iota((n, n), 1)
     eye = (rows == cols).astype(acc)
     diag = [block(i, i) for i in range(nb)]
 
     def substitute(r, xs):  # row r of each diagonal-block inverse: e_r - sum_j W_rj X_j
-        unit = (_iota((n,), 0) == r).astype(acc)
-        new = [unit - jnp.sum(_pick_row(w, r)[:, None] * x, axis=0) for w, x in zip(diag, xs, strict=True)]
+        unit = (common.iota((n,), 0) == r).astype(acc)
+        new = [unit - jnp.sum(common.pick_row(w, r)[:, None] * x, axis=0) for w, x in zip(diag, xs, strict=True)]
         return tuple(jnp.where(rows == r, v[None, :], x) for v, x in zip(new, xs, strict=True))
 
     inv = {(i, i): x for i, x in enumerate(lax.fori_loop(1, n, substitute, (eye,) * nb))}

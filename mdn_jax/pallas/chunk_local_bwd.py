@@ -25,11 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.pallas import common
-from mdn_jax.pallas.local_vjp import coefficients
-
-
-def _iota(shape, axis):
-    return lax.broadcasted_iota(jnp.int32, shape, axis)
+from mdn_jax.pallas.local_vjp import coefficients_with_vjp
 
 
 def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref, vec_ref, gattn_ref, gu_ref, gy_ref,
@@ -44,9 +40,8 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref,
     op, acc = t_ref.dtype, g_gamma_ref.dtype
     dot = functools.partial(common.dot, precision=precision, acc=acc)
 
-    def dot_t(x, y):  # x y^T
-        return lax.dot_general(x.astype(op), y.astype(op), (((1,), (1,)), ((), ())), precision=precision,
-                               preferred_element_type=acc)
+    def dot_t(x, y):  # x y^T with operand-dtype operands
+        return common.dot_t(x.astype(op), y.astype(op), precision, acc)
 
     t = t_ref[bh, c]
     d, e, rho = (vec_ref[bh, c, i][:, None] for i in range(3))  # [C, 1] each
@@ -75,7 +70,7 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref,
 
     square, vec = jnp.zeros((C, C), acc), jnp.zeros((C,), acc)
     g_t, qk, pk, g_d, g_e, g_last, g_rho = k_blocks(k_step, (g_t, square, square, vec, vec, vec, vec))
-    rows, cols = _iota((C, C), 0), _iota((C, C), 1)
+    rows, cols = common.iota((C, C), 0), common.iota((C, C), 1)
     tt_gt = dot(t, g_t.astype(op), trans_a=True)  # T^T dT
     g_w = jnp.where(rows > cols, -dot_t(tt_gt, t), 0.0)
     gamma, gattn = gamma_ref[bh, c], gattn_ref[bh, c].astype(acc)
@@ -84,7 +79,7 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref,
     g_gdown_ref[bh, c] = g_w * pk
     for i, g in enumerate((g_d, g_e, g_rho)):
         g_vec_ref[bh, c, i] = g
-    gamma_last = jnp.sum(jnp.where(rows == C - 1, gamma, 0.0), axis=0)[:, None]  # Gamma_L as a column [C, 1]
+    gamma_last = common.pick_row(gamma, C - 1)[:, None]  # Gamma_L as a column [C, 1]
     g_attn_gamma = (gattn * gamma).astype(op)
     g_w_gamma = (g_w * gdown_ref[bh, c]).astype(op)
 
@@ -112,7 +107,7 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
     V = v_in.shape[-1]
     BH, NC, C = B * HV, Tp // chunk, chunk
     acc = jnp.float64 if jnp.dtype(op_dtype) == jnp.float64 else jnp.float32
-    coeffs, coeffs_vjp = jax.vjp(lambda *g: coefficients(*g, chunk), log_alpha, log_mu, beta)
+    coeffs, gates_vjp = coefficients_with_vjp(log_alpha, log_mu, beta, chunk, acc)
     _, _, _, gamma, gamma_down, rho, d, e = coeffs
     vecs = jnp.stack([d, e, rho], axis=2)  # [BH, NC, 3, C]
     block_k, block_v = min(block_k, K), min(block_v, V)
@@ -125,8 +120,5 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
         kernel, (BH, NC), out_shape, interpret, num_warps, qb_in, kt_in, p_in, v_in, t.astype(op_dtype),
         gamma.astype(acc), gamma_down.astype(acc), vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr, gqb)
     g_d, g_e, g_rho = (g_vec[:, :, i] for i in range(3))
-    g_gates = coeffs_vjp((ga.astype(acc), gb.astype(acc), gdecay[..., :3].astype(acc), g_gamma, g_gamma_down,
-                          g_rho, g_d, g_e))
-    return (dqb, dkt, dp, dv) + tuple(g.astype(x.dtype) for g, x in zip(g_gates, (log_alpha, log_mu, beta),
-                                                                       strict=True))
+    return (dqb, dkt, dp, dv) + gates_vjp(ga, gb, gdecay, g_gamma, g_gamma_down, g_rho, g_d, g_e)
 

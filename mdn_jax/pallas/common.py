@@ -14,6 +14,29 @@ def dot(a, b, precision, acc, trans_a=False):
     return jnp.dot(a, b, precision=precision, preferred_element_type=acc)
 
 
+def dot_t(x, y, precision, acc):
+    """x y^T for x [M, J], y [N, J] (contracting the last dims, no transposed operand)."""
+    return lax.dot_general(x, y, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=acc)
+
+
+def iota(shape, axis):
+    return lax.broadcasted_iota(jnp.int32, shape, axis)
+
+
+def pick_row(x, r):
+    """Row r of x [R, C] as a vector [C]."""
+    return jnp.sum(jnp.where(iota(x.shape, 0) == r, x, 0.0), axis=0)
+
+
+def scalars_vector(n, *xs):
+    """A vector [n] holding the scalars xs first, then zeros (kernels write small results as one row)."""
+    idx = iota((n,), 0)
+    out = 0.0
+    for i in reversed(range(len(xs))):
+        out = jnp.where(idx == i, xs[i], out)
+    return out
+
+
 def storage_dtype(op_dtype, acc_dtype):
     return op_dtype if op_dtype in (jnp.bfloat16, jnp.float16) else acc_dtype
 

@@ -38,6 +38,19 @@ def coefficients(log_alpha, log_mu, beta, chunk):
     return cf.a, cf.b, decay, cf.gamma, shift_down(cf.gamma), cf.rho, d, e
 
 
+def coefficients_with_vjp(log_alpha, log_mu, beta, chunk, acc):
+    """`coefficients` and a map from the cotangents of (a, b, decay, Gamma, Gamma_down, rho, d, e) to those of
+    (log_alpha, log_mu, beta) in their dtypes (decay's beyond its first three entries are not read)."""
+    coeffs, vjp = jax.vjp(lambda *g: coefficients(*g, chunk), log_alpha, log_mu, beta)
+
+    def gates_vjp(ga, gb, gdecay, g_gamma, g_gamma_down, g_rho, g_d, g_e):
+        g = vjp((ga.astype(acc), gb.astype(acc), gdecay[..., :3].astype(acc), g_gamma, g_gamma_down, g_rho, g_d,
+                 g_e))
+        return tuple(x.astype(like.dtype) for x, like in zip(g, (log_alpha, log_mu, beta), strict=True))
+
+    return coeffs, gates_vjp
+
+
 def local_stage_vjp(res, cot, chunk, op_dtype):
     """Cotangents of (qb, kt, p, v, log_alpha, log_mu, beta) of the chunk-local stage.
 
@@ -52,7 +65,7 @@ def local_stage_vjp(res, cot, chunk, op_dtype):
     qb, kt, p, v = (to_rows(x, chunk).astype(f32) for x in (qb_in, kt_in, p_in, v_in))
     gattn, gu, gy, gz, gkg, gkr, gqb = (g.astype(f32) for g in (gattn, gu, gy, gz, gkg, gkr, gqb))
     t = t.astype(f32)
-    coeffs, coeffs_vjp = jax.vjp(lambda *g: coefficients(*g, chunk), log_alpha, log_mu, beta)
+    coeffs, gates_vjp = coefficients_with_vjp(log_alpha, log_mu, beta, chunk, f32)
     _, _, _, gamma, gamma_down, rho, d, e = coeffs
 
     # attn = Gamma o (Qb Kt^T); kg = diag(Gamma_L) Kt; kr = diag(rho) Kt; qb passes through
@@ -79,8 +92,6 @@ def local_stage_vjp(res, cot, chunk, op_dtype):
     dkt = dkt + mm("...ij,...ik->...jk", g_w_gamma, p)
     g_gamma_down = g_w * mm("...ik,...jk->...ij", p, kt)
 
-    g_gates = coeffs_vjp((ga.astype(f32), gb.astype(f32), gdecay[..., :3].astype(f32), g_gamma, g_gamma_down,
-                          g_rho, g_d, g_e))
     back = lambda x, like: from_rows(x, B, HV).astype(like.dtype)  # noqa: E731
-    return (back(dqb, qb_in), back(dkt, kt_in), back(dp, p_in), back(dv, v_in)) + tuple(
-        g.astype(x.dtype) for g, x in zip(g_gates, (log_alpha, log_mu, beta), strict=True))
+    return (back(dqb, qb_in), back(dkt, kt_in), back(dp, p_in), back(dv, v_in)) + gates_vjp(
+        ga, gb, gdecay, g_gamma, g_gamma_down, g_rho, g_d, g_e)
