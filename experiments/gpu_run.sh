@@ -2,8 +2,8 @@
 # One device call: stage timings, implementation variants (forward), GPU tests of the kernels, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
 # Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward; PROFILE_ARGS=--backward for forward+backward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only),
-# TEST_TIMEOUT, TEST_K (pytest -k), TEST_ARGS (e.g. -n 3: compile in parallel processes), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
-# BENCH_TIMEOUT, VARIANTS_BWD (1: time the variants forward+backward too), AUTHORS_ROOT (the authors' flash-linear-attention
+# TESTS (0: skip the GPU tests), TEST_TIMEOUT, TEST_K (pytest -k), TEST_ARGS (e.g. -n 3: compile in parallel processes), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
+# BENCH (0: skip the op benchmark), BENCH_TIMEOUT, VARIANTS_BWD (1: time the variants forward+backward too), AUTHORS_ROOT (the authors' flash-linear-attention
 # folder: their kernels timed by bench_authors.py, AUTHORS_ARGS, AUTHORS_TIMEOUT). Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 source experiments/gpu_setup.sh
@@ -24,7 +24,7 @@ if [ "${FLA_BG:-0}" = 1 ]; then  # the FLA parity test (Triton autotuning: minut
   fla_parity ${FLA_TIMEOUT:-280} &
   fla_pid=$!
 fi
-timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 ${TEST_ARGS:-} \
+[ "${TESTS:-1}" = 1 ] && timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 ${TEST_ARGS:-} \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
 [ -n "$fla_pid" ] && { wait $fla_pid; grep -E "parity|PASS|FAIL|passed|failed" "$OUT/fla.log" | tail -4; }
 if [ -n "${AUTHORS_ROOT:-}" ]; then
@@ -32,5 +32,5 @@ if [ -n "${AUTHORS_ROOT:-}" ]; then
   timeout ${AUTHORS_TIMEOUT:-180} python3 experiments/bench_authors.py --fla-root "$AUTHORS_ROOT" --out "$OUT" ${AUTHORS_ARGS:-} 2>&1 \
     | grep -vi warning | tee "$OUT/authors.log" | tail -8
 fi
-timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
+[ "${BENCH:-1}" = 1 ] && timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
   | tee "$OUT/bench.log" | tail -12

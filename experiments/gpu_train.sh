@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the 400M MDN training run (throughput, MFU, memory, loss curve, profile), the generation
 # benchmark, the FLA parity test. Usage (GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_train.sh
-# Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN_ARGS, GEN_TIMEOUT, FLA (1: run
+# Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN (0: skip the generation benchmark), GEN_ARGS, GEN_TIMEOUT, FLA (1: run
 # the FLA parity test), FLA_TIMEOUT (90). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
 # bench_generate.{json,log}, fla.log. The train step's compile takes about 2 minutes (400M, 21 layers).
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 TIKTOKEN_CACHE_DIR=
@@ -22,5 +22,5 @@ train batch_size=16 grad_accum=4 || { echo "retrying with model.remat=true" | te
   train batch_size=16 grad_accum=4 model.remat=true; }
 cp $RUN/metrics.jsonl "$OUT/" 2>/dev/null
 timeout 60 python3 experiments/trace_summary.py $RUN/profile --out "$OUT/train_profile.json" | head -30
-timeout ${GEN_TIMEOUT:-150} python3 experiments/bench_generate.py --out "$OUT" ${GEN_ARGS:-} 2>&1 \
+[ "${GEN:-1}" = 1 ] && timeout ${GEN_TIMEOUT:-150} python3 experiments/bench_generate.py --out "$OUT" ${GEN_ARGS:-} 2>&1 \
   | tee "$OUT/bench_generate.log" | tail -12

@@ -255,10 +255,10 @@ def test_interpret_local_vjp_kernel_matches_xla(C, K, V, gates, blocks):
     _check_local_vjp_kernel(args, C, jnp.float64, 1e-10, interpret=True, **blocks)
 
 
-def _grads_with_local_vjp_kernel(monkeypatch, inputs, init):
-    """grads('pallas', ...) with MDN_LOCAL_VJP_KERNEL=1: read while tracing, so trace anew and leave no traces
-    with it behind."""
-    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "1")
+def _grads_with_local_vjp_products(monkeypatch, inputs, init):
+    """grads('pallas', ...) with MDN_LOCAL_VJP_KERNEL=0 (the chunk-local VJP as XLA products instead of the
+    default kernel): read while tracing, so trace anew and leave no traces with it behind."""
+    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "0")
     _op.cache_clear()
     try:
         return grads("pallas", inputs, init)
@@ -266,12 +266,12 @@ def _grads_with_local_vjp_kernel(monkeypatch, inputs, init):
         _op.cache_clear()
 
 
-def test_interpret_grads_with_local_vjp_kernel(monkeypatch):
-    """The op's gradients through the opt-in chunk-local VJP kernel (MDN_LOCAL_VJP_KERNEL=1) == 'xla'."""
+def test_interpret_grads_with_local_vjp_products(monkeypatch):
+    """The op's gradients through the XLA-product chunk-local VJP (MDN_LOCAL_VJP_KERNEL=0) == 'xla'."""
     inputs, init = make_inputs(17, B=2, T=130, H=2, K=32, V=32)
     g_ref = grads("xla", inputs, init)
-    g = _grads_with_local_vjp_kernel(monkeypatch, inputs, init)
-    assert_grads_close(g, g_ref, 1e-4, "local VJP kernel")
+    g = _grads_with_local_vjp_products(monkeypatch, inputs, init)
+    assert_grads_close(g, g_ref, 1e-4, "local VJP products")
 
 
 def test_interpret_local_vjp_kernel_bf16_operands():
@@ -363,11 +363,11 @@ def test_gpu_forward_and_grads(dtype, tol, T, K, V):
 
 @gpu
 @pytest.mark.parametrize("dtype,tol,T,K,V", [GPU_CASES[1], GPU_CASES[2], GPU_CASES[4]])
-def test_gpu_forward_and_grads_local_vjp_kernel(monkeypatch, dtype, tol, T, K, V):
-    """The op's gradients with MDN_LOCAL_VJP_KERNEL=1 (opt-in) against the fp32 reference."""
+def test_gpu_forward_and_grads_local_vjp_products(monkeypatch, dtype, tol, T, K, V):
+    """The op's gradients with MDN_LOCAL_VJP_KERNEL=0 (XLA products) against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
     g_ref = grads("xla", ref_inputs, init)
-    g = _grads_with_local_vjp_kernel(monkeypatch, inputs, init)
+    g = _grads_with_local_vjp_products(monkeypatch, inputs, init)
     assert_grads_close(g, g_ref, 2 * tol, f"{dtype.__name__} T={T} K={K} V={V}")
 
 

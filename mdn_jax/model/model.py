@@ -99,7 +99,9 @@ class CausalLM(nnx.Module):
             raise ValueError("segment_ids (packed documents) and a decode cache cannot be combined")
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
-        x = self.embeddings(tokens).astype(_dt(self.config.dtype))
+        # Gather rows of the parameter-dtype table, then cast: the gradient is then a float32 scatter-add of
+        # B*T rows (nnx.Embed would cast the whole table first and scatter in bf16, 7.7% of an H100 400M step).
+        x = jnp.take(self.embeddings.embedding.value, tokens, axis=0).astype(_dt(self.config.dtype))
         new_cache = []
         for i, block in enumerate(self.layers):
             if cache is not None:

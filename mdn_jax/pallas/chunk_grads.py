@@ -88,7 +88,8 @@ def pass_cotangents(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads,
     part = jax.ShapeDtypeStruct((nkb, BH, NC, C), acc)
     out_shape = (ck,) * 5 + (jax.ShapeDtypeStruct((BH, NC, C, C), op_dtype), part, part, part)
     dqb, dy, dz, dkg, dkr, dattn, da, db, ddecay = common.call(
-        kernel, (nkb, NC, BH), out_shape, interpret, num_warps, a, b, qb, do, dn, n, s_start, m_start, ls, lm)
+        kernel, (nkb, NC, BH), out_shape, interpret, num_warps, a, b, qb, do, dn, n, s_start, m_start, ls, lm,
+        family="grads")
     return da.sum(0), db.sum(0), dqb, dy, dz, dkg, dkr, dattn, ddecay.sum(0)[..., :3]
 
 

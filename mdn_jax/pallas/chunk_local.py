@@ -166,11 +166,11 @@ def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, inter
     w, attn, qbo, kg, kr, a, b, d, e, decay = common.call(
         coeff, grid, (shape(C, C, dtype=acc), shape(C, C), shape(C, K), shape(C, K), shape(C, K))
         + tuple(shape(C, dtype=acc) for _ in range(5)), interpret, num_warps,
-        qb, kt, p, log_alpha, log_mu, beta)
+        qb, kt, p, log_alpha, log_mu, beta, family="local")
     solve = functools.partial(_solve_kernel, chunk=C, gate_precision=gate_precision)
-    (t,) = common.call(solve, grid, (shape(C, C),), interpret, num_warps, w)
+    (t,) = common.call(solve, grid, (shape(C, C),), interpret, num_warps, w, family="local")
     wy = functools.partial(_wy_kernel, chunk=C, num_heads=HV, block=min(64, K, V), precision=precision)
     u, y, z = common.call(wy, grid, (shape(C, V), shape(C, K), shape(C, K)), interpret, num_warps,
-                          t, p, v, d, e)
+                          t, p, v, d, e, family="local")
     outs = (a, b, decay, qbo, attn, u, y, z, kg, kr)
     return (outs, t) if with_t else outs

@@ -7,6 +7,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from mdn_jax.pallas import tuning
+
 
 def dot(a, b, precision, acc, trans_a=False):
     if trans_a:
@@ -54,7 +56,9 @@ def dot_precision(dtype, interpret: bool):
 POISON_OUTPUTS = False
 
 
-def call(kernel, grid, out_shape, interpret, num_warps, *args):
+def call(kernel, grid, out_shape, interpret, num_warps, *args, family):
+    """pallas_call on whole-array refs; family ('pass', 'local', 'grads', 'local_vjp') picks the Triton
+    pipelining stages (`tuning.num_stages`)."""
     aliases = {}
     if POISON_OUTPUTS:
         poisoned = [jnp.full(s.shape, jnp.nan, s.dtype) for s in out_shape]
@@ -67,7 +71,8 @@ def call(kernel, grid, out_shape, interpret, num_warps, *args):
         args = args + tuple(poisoned)
     return pl.pallas_call(
         kernel, out_shape=out_shape, grid=grid, interpret=interpret, input_output_aliases=aliases,
-        compiler_params=None if interpret else pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
+        compiler_params=None if interpret else pltriton.CompilerParams(num_warps=num_warps,
+                                                                             num_stages=tuning.num_stages(family)),
     )(*args)
 
 

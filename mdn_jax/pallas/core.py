@@ -1,7 +1,8 @@
 """`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels.
 
-The chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; its VJP is `local_stage_vjp` (XLA
-products from the saved T), or with `MDN_LOCAL_VJP_KERNEL=1` the kernel of `mdn_jax.pallas.chunk_local_bwd`.
+The chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; its VJP is the kernel of
+`mdn_jax.pallas.chunk_local_bwd` from the saved T (or with `MDN_LOCAL_VJP_KERNEL=0` `local_stage_vjp`, the same
+products in XLA).
 `MDN_LOCAL_KERNEL=0` runs the stage in XLA with XLA's autodiff instead (for side-by-side measurement).
 """
 

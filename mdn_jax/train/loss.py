@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from mdn_jax.data.packing import targets_and_mask
 
@@ -17,7 +18,9 @@ from mdn_jax.data.packing import targets_and_mask
 def _ce_sum(logits, targets, mask):
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
-    tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    # The target logit as a select-and-sum (its gradient fuses with the softmax's, no scatter into [.., V]).
+    vocab = lax.broadcasted_iota(targets.dtype, logits.shape, logits.ndim - 1)
+    tgt = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
     return jnp.sum(jnp.where(mask, lse - tgt, 0.0))
 
 
