@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.pallas import common
+from mdn_jax.pallas import common, tuning
 
 
 def _grads_kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, lm_ref,
@@ -89,7 +89,7 @@ def pass_cotangents(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads,
     out_shape = (ck,) * 5 + (jax.ShapeDtypeStruct((BH, NC, C, C), op_dtype), part, part, part)
     dqb, dy, dz, dkg, dkr, dattn, da, db, ddecay = common.call(
         kernel, (nkb, NC, BH), out_shape, interpret, num_warps, a, b, qb, do, dn, n, s_start, m_start, ls, lm,
-        family="grads")
+        stages=tuning.num_stages("grads", K, op_dtype))
     return da.sum(0), db.sum(0), dqb, dy, dz, dkg, dkr, dattn, ddecay.sum(0)[..., :3]
 
 

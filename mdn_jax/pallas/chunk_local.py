@@ -25,7 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.ops.chunked import LOG_GATE_FLOOR
-from mdn_jax.pallas import common
+from mdn_jax.pallas import common, tuning
 
 _BLOCK = 16  # diagonal block of the triangular solve
 
@@ -159,18 +159,18 @@ def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, inter
     precision = common.dot_precision(op_dtype, interpret)
     gate_precision = _gate_precision(op_dtype, interpret)
     qb, kt, p, v = (x.astype(op_dtype) for x in (qb, kt, p, v))
-    grid = (BH, NC)
+    grid, stages = (BH, NC), tuning.num_stages("local", K, op_dtype)
     shape = lambda *s, dtype=op_dtype: jax.ShapeDtypeStruct((BH, NC) + s, dtype)  # noqa: E731
     coeff = functools.partial(_coeff_kernel, chunk=C, num_heads=HV, precision=precision,
                               gate_precision=gate_precision)
     w, attn, qbo, kg, kr, a, b, d, e, decay = common.call(
         coeff, grid, (shape(C, C, dtype=acc), shape(C, C), shape(C, K), shape(C, K), shape(C, K))
         + tuple(shape(C, dtype=acc) for _ in range(5)), interpret, num_warps,
-        qb, kt, p, log_alpha, log_mu, beta, family="local")
+        qb, kt, p, log_alpha, log_mu, beta, stages=stages)
     solve = functools.partial(_solve_kernel, chunk=C, gate_precision=gate_precision)
-    (t,) = common.call(solve, grid, (shape(C, C),), interpret, num_warps, w, family="local")
+    (t,) = common.call(solve, grid, (shape(C, C),), interpret, num_warps, w, stages=stages)
     wy = functools.partial(_wy_kernel, chunk=C, num_heads=HV, block=min(64, K, V), precision=precision)
     u, y, z = common.call(wy, grid, (shape(C, V), shape(C, K), shape(C, K)), interpret, num_warps,
-                          t, p, v, d, e, family="local")
+                          t, p, v, d, e, stages=stages)
     outs = (a, b, decay, qbo, attn, u, y, z, kg, kr)
     return (outs, t) if with_t else outs

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.pallas import common
+from mdn_jax.pallas import common, tuning
 from mdn_jax.pallas.local_vjp import coefficients_with_vjp
 
 
@@ -119,7 +119,7 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
     dqb, dkt, dp, dv, g_gamma, g_gamma_down, g_vec = common.call(
         kernel, (BH, NC), out_shape, interpret, num_warps, qb_in, kt_in, p_in, v_in, t.astype(op_dtype),
         gamma.astype(acc), gamma_down.astype(acc), vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr, gqb,
-        family="local_vjp")
+        stages=tuning.num_stages("local_vjp", K, op_dtype))
     g_d, g_e, g_rho = (g_vec[:, :, i] for i in range(3))
     return (dqb, dkt, dp, dv) + gates_vjp(ga, gb, gdecay, g_gamma, g_gamma_down, g_rho, g_d, g_e)
 

@@ -139,7 +139,8 @@ def _forward(save, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, c
         out_shape += [jax.ShapeDtypeStruct((BH, NC, K, V), res_dtype), jax.ShapeDtypeStruct((BH, NC, K, V), res_dtype),
                       jax.ShapeDtypeStruct((BH, NC, C, V), res_dtype)]
     return common.call(kernel, (BH, V // block_v), tuple(out_shape), interpret, num_warps,
-                       chunk_init, chunk_final, decay, a, b, qb, attn, u, y, z, kg, kr, s0, m0, family="pass")
+                       chunk_init, chunk_final, decay, a, b, qb, attn, u, y, z, kg, kr, s0, m0,
+                       stages=tuning.num_stages("pass_save" if save else "pass", K, y.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(14, 15, 16))
@@ -184,7 +185,7 @@ def _chunk_pass_bwd(block_v, interpret, num_warps, res, cot):
     do_op = do.astype(y.dtype)  # [B, NC * C, HV, V]
     ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v[2]), out_shape, interpret, num_warps,
                                        chunk_init, chunk_final, decay, a, b, qb, attn, y, z, kg, kr, do_op, gfs, gfm,
-                                       family="pass")
+                                       stages=tuning.num_stages("pass_bwd", K, y.dtype))
     # Parameter cotangents, parallel over chunks (ls, lm: cotangents of the chunk-END states).
     cfg = tuning.grads_config()
     args = (a, b, qb, do_op, dn, n, s_start, m_start, ls, lm)

@@ -7,8 +7,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from mdn_jax.pallas import tuning
-
 
 def dot(a, b, precision, acc, trans_a=False):
     if trans_a:
@@ -56,9 +54,8 @@ def dot_precision(dtype, interpret: bool):
 POISON_OUTPUTS = False
 
 
-def call(kernel, grid, out_shape, interpret, num_warps, *args, family):
-    """pallas_call on whole-array refs; family ('pass', 'local', 'grads', 'local_vjp') picks the Triton
-    pipelining stages (`tuning.num_stages`)."""
+def call(kernel, grid, out_shape, interpret, num_warps, *args, stages=1):
+    """pallas_call on whole-array refs; stages: Triton software-pipelining stages (`tuning.num_stages`)."""
     aliases = {}
     if POISON_OUTPUTS:
         poisoned = [jnp.full(s.shape, jnp.nan, s.dtype) for s in out_shape]
@@ -71,8 +68,7 @@ def call(kernel, grid, out_shape, interpret, num_warps, *args, family):
         args = args + tuple(poisoned)
     return pl.pallas_call(
         kernel, out_shape=out_shape, grid=grid, interpret=interpret, input_output_aliases=aliases,
-        compiler_params=None if interpret else pltriton.CompilerParams(num_warps=num_warps,
-                                                                             num_stages=tuning.num_stages(family)),
+        compiler_params=None if interpret else pltriton.CompilerParams(num_warps=num_warps, num_stages=stages),
     )(*args)
 
 

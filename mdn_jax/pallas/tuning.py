@@ -5,7 +5,7 @@ differentiation, which also writes the chunk states), `MDN_BLOCK_V_INFER` (forwa
 differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-local kernels),
 `MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel of `chunk_grads`),
 `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_VJP_WARPS` (the kernel of `chunk_local_bwd`),
-`MDN_STAGES_PASS`, `MDN_STAGES_LOCAL`, `MDN_STAGES_GRADS`, `MDN_STAGES_LOCAL_VJP` (Triton pipelining stages);
+`MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
 `MDN_LOCAL_KERNEL=0` computes the chunk-local stage in XLA instead of the Pallas kernels and
 `MDN_GRADS_KERNEL=0` the pass cotangents in XLA and `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA
 products instead of the kernel of `chunk_local_bwd` (for side-by-side measurement).
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 from typing import NamedTuple
+
+import jax.numpy as jnp
 
 
 class BlockConfig(NamedTuple):
@@ -68,10 +70,21 @@ def local_vjp_config() -> KernelConfig:
                         block_v=_env("MDN_LOCAL_VJP_BLOCK_V", 64), num_warps=_env("MDN_LOCAL_VJP_WARPS", 4))
 
 
-def num_stages(family: str) -> int:
-    """Triton software-pipelining stages (loads of the next loop step issued ahead) for a kernel family:
-    'pass' (sequential passes), 'local' (chunk-local forward), 'grads' (pass cotangents), 'local_vjp'."""
-    return _env(f"MDN_STAGES_{family.upper()}", 1)
+_STAGES = {"pass": 1, "pass_save": 2, "pass_bwd": 2, "local": 1, "grads": 2, "local_vjp": 2}
+
+
+def num_stages(family: str, K: int, dtype) -> int:
+    """Triton software-pipelining stages (the next loop step's loads issued ahead, buffered in shared memory) of
+    a kernel family: 'pass' (forward pass alone), 'pass_save' (forward pass writing the chunk states),
+    'pass_bwd' (reverse sweep), 'local' (chunk-local forward), 'grads' (pass cotangents), 'local_vjp'.
+
+    S400 on an H200 (48ac71a, fwd+bwd 5.30 ms with 1 everywhere): 2 in the saving pass and the reverse sweep
+    4.69 ms, in the cotangent kernel 5.10, in the chunk-local VJP 5.20; the forward pass alone 1.31 vs 1.26 ms
+    and the chunk-local forward 5.29 (no gain), 3 in the passes exceeds shared memory. Rows of K elements
+    wider than 256 bytes (K=256 in bf16, float32 operands) keep 1: not measured, and the buffers double.
+    """
+    default = _STAGES[family] if K * jnp.dtype(dtype).itemsize <= 256 else 1
+    return _env(f"MDN_STAGES_{family.upper()}", default)
 
 
 def use_local_kernel() -> bool:
