@@ -78,13 +78,17 @@ def num_stages(family: str, K: int, dtype) -> int:
     a kernel family: 'pass' (forward pass alone), 'pass_save' (forward pass writing the chunk states),
     'pass_bwd' (reverse sweep), 'local' (chunk-local forward), 'grads' (pass cotangents), 'local_vjp'.
 
-    S400 on an H200 (48ac71a, fwd+bwd 5.30 ms with 1 everywhere): 2 in the saving pass and the reverse sweep
-    4.69 ms, in the cotangent kernel 5.10, in the chunk-local VJP 5.20; the forward pass alone 1.31 vs 1.26 ms
-    and the chunk-local forward 5.29 (no gain), 3 in the passes exceeds shared memory. Rows of K elements
-    wider than 256 bytes (K=256 in bf16, float32 operands) keep 1: not measured, and the buffers double.
+    H200 (experiments/results/h200_2026-12-01_07a86da): S400 fwd+bwd 4.39 ms with these defaults vs 5.19 with 1
+    everywhere; one at a time (48ac71a) 2 in the saving pass and the reverse sweep gave 4.69 vs 5.30, in the
+    cotangent kernel 5.10, in the chunk-local VJP 5.20, in the chunk-local forward nothing (5.29), in the forward
+    pass alone 1.31 vs 1.26 ms; 3 in the passes exceeds shared memory. The passes buffer whole [C, K] tiles, so
+    they keep 2 only for K rows of <= 256 bytes (at 1.3B, K=256 in bf16, 2 exceeds shared memory); the cotangent
+    and chunk-local VJP kernels loop over K blocks and keep 2 for 16-bit operands (1.3B: 9.20 ms vs 9.59).
+    float32 operands keep 1 (not measured).
     """
-    default = _STAGES[family] if K * jnp.dtype(dtype).itemsize <= 256 else 1
-    return _env(f"MDN_STAGES_{family.upper()}", default)
+    itemsize = jnp.dtype(dtype).itemsize
+    fits = K * itemsize <= 256 if family.startswith("pass") else itemsize <= 2
+    return _env(f"MDN_STAGES_{family.upper()}", _STAGES[family] if fits else 1)
 
 
 def use_local_kernel() -> bool:
