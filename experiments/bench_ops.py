@@ -108,21 +108,23 @@ def env_vars(assignments: str):
                 os.environ[k] = v
 
 
-def bench_case(name, shape, impls, reps, backward=True, variants=("",)):
-    """One row per (variant, impl): times, memory, FLOP rate, relative error against the case's first output."""
+def bench_case(name, shape, impls, reps, backward=True, variants=("",), chunk_sizes=(64,)):
+    """One row per (chunk size, variant, impl): times, memory, FLOP rate, relative error against the case's first
+    output (a chunk size other than 64 is labelled `[C=..]`)."""
     args, do = anchor_inputs(**shape)
     rows = []
     ref = None
-    for variant, impl in ((v, i) for v in variants for i in impls):
+    for C, variant, impl in ((c, v, i) for c in chunk_sizes for v in variants for i in impls):
         with env_vars(variant):  # tuning variables are read while tracing, so trace inside
-            fwd = jax.jit(lambda *a, impl=impl: momentum_delta_rule(*a, implementation=impl)[0])
+            op = functools.partial(momentum_delta_rule, implementation=impl, chunk_size=C)
+            fwd = jax.jit(lambda *a, op=op: op(*a)[0])
 
-            def loss(*a, impl=impl):
-                o = momentum_delta_rule(*a, implementation=impl)[0]
-                return jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32))
+            def loss(*a, op=op):
+                return jnp.sum(op(*a)[0].astype(jnp.float32) * do.astype(jnp.float32))
 
             fwd_bwd = jax.jit(jax.grad(loss, argnums=tuple(range(7))))
-            row = dict(case=name, impl=impl + (f"[{variant}]" if variant else ""), **shape)
+            label = (f"[C={C}]" if C != 64 else "") + (f"[{variant}]" if variant else "")
+            row = dict(case=name, impl=impl + label, **shape)
             try:
                 o = fwd(*args)
                 if ref is None:
@@ -130,7 +132,7 @@ def bench_case(name, shape, impls, reps, backward=True, variants=("",)):
                 err = float(jnp.linalg.norm(o.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
                 row.update(fwd_ms=timeit(fwd, args, reps), fwd_ms_queued=timeit_queued(fwd, args, reps),
                            fwd_mem_gib=memory_gib(fwd, args), rel_err_vs_first=err)
-                row["fwd_tflops"] = op_flops(**shape) / (row["fwd_ms"] * 1e-3) / 1e12
+                row["fwd_tflops"] = op_flops(**shape, C=C) / (row["fwd_ms"] * 1e-3) / 1e12
                 if backward:
                     row.update(fwd_bwd_ms=timeit(fwd_bwd, args, reps),
                                fwd_bwd_ms_queued=timeit_queued(fwd_bwd, args, reps),
@@ -204,6 +206,7 @@ def main():
     ap.add_argument("--decode", default="1,16,256", help="decode-step batch sizes ('' to skip)")
     ap.add_argument("--no-backward", action="store_true", help="time the forward only")
     ap.add_argument("--variants", default="", help="';'-separated env assignments, timed after the default")
+    ap.add_argument("--chunk-sizes", default="64", help="comma-separated chunk sizes of the op (16, 32, 64)")
     a = ap.parse_args()
     commit = os.environ.get("MDN_COMMIT") or subprocess.run(  # the GPU machine's copy may carry a stale .git
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -212,7 +215,8 @@ def main():
     rows = []
     for case in a.cases.split(","):
         variants = [""] + [v.strip() for v in a.variants.split(";") if v.strip()]
-        rows += bench_case(case, SHAPES[case], a.impls.split(","), a.reps, not a.no_backward, variants)
+        rows += bench_case(case, SHAPES[case], a.impls.split(","), a.reps, not a.no_backward, variants,
+                           tuple(int(c) for c in a.chunk_sizes.split(",")))
     if a.decode:
         rows += bench_decode([int(b) for b in a.decode.split(",")])
     os.makedirs(a.out, exist_ok=True)
