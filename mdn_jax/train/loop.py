@@ -127,6 +127,7 @@ class _Profiler:
 
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run training; returns {"step", "losses" (per logged step), "eval", "sample", "skipped"}."""
+    t_setup = time.perf_counter()
     cfg.validate()
     shd.maybe_initialize_distributed()
     pidx, pcount = jax.process_index(), jax.process_count()
@@ -175,7 +176,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     log(f"model {cfg.model}: {setup.n_params:,} params, {fpt / 1e6:.2f} MFLOP/token | mesh "
         f"{dict(mesh.shape)} | batch {cfg.batch_size}x{cfg.seq_len} (accum {cfg.grad_accum}) | "
         f"tokenizer {tokenizer.name} | data {cfg.data}: {len(train_src)} train / "
-        f"{0 if eval_src is None else len(eval_src)} eval docs")
+        f"{0 if eval_src is None else len(eval_src)} eval docs | set-up {time.perf_counter() - t_setup:.1f} s "
+        "(the first step's time includes compilation)")
     losses, evals, step = [], [], start
     profiler = _Profiler(cfg.profile_steps, os.path.join(cfg.out, "profile"))
 
