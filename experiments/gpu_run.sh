@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: stage timings, implementation variants (forward), GPU tests of the kernels, the op benchmark.
 # Usage (on the GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_run.sh
-# Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward; PROFILE_ARGS=--backward for forward+backward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only),
+# Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward; PROFILE_ARGS=--backward for forward+backward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only; VARIANTS_CASES: the cases, default S400),
 # TESTS (0: skip the GPU tests), TEST_TIMEOUT, TEST_K (pytest -k), TEST_ARGS (e.g. -n 3: compile in parallel processes), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
 # BENCH (0: skip the op benchmark), BENCH_TIMEOUT, VARIANTS_BWD (1: time the variants forward+backward too), AUTHORS_ROOT (the authors' flash-linear-attention
 # folder: their kernels timed by bench_authors.py, AUTHORS_ARGS, AUTHORS_TIMEOUT). Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
@@ -15,7 +15,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
     | head -30 | tee "$OUT/profile.log"
 fi
 if [ -n "${VARIANTS:-}" ]; then
-  timeout ${VARIANTS_TIMEOUT:-150} python3 experiments/bench_ops.py --cases S400 --impls pallas --reps 20 --decode "" \
+  timeout ${VARIANTS_TIMEOUT:-150} python3 experiments/bench_ops.py --cases ${VARIANTS_CASES:-S400} --impls pallas --reps 20 --decode "" \
     $([ "${VARIANTS_BWD:-0}" = 1 ] || echo --no-backward) --variants "$VARIANTS" --out /tmp/variants 2>&1 \
     | grep -E '^\{|Error' | tee "$OUT/variants.log"
 fi
