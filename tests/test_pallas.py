@@ -19,7 +19,8 @@ from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.core import _xla_local
-from mdn_jax.pallas.local_vjp import local_stage_vjp
+from mdn_jax.pallas.gate_vjp import gate_vjp
+from mdn_jax.pallas.local_vjp import coefficients_with_vjp, local_stage_vjp
 
 ON_GPU = jax.default_backend() == "gpu"
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
@@ -220,10 +221,10 @@ def test_local_stage_vjp_matches_autodiff_of_xla_stage(gates):
     args = tuple(x.astype(jnp.float64) for x in _local_inputs(7, 1, 128, 2, 32, 64, gates))
     C, f64 = 32, jnp.float64
     ref_out, ref_vjp = jax.vjp(functools.partial(_xla_local, chunk=C, op_dtype=f64), *args)
-    out, t = chunk_local(*args, chunk=C, op_dtype=f64, interpret=True, with_t=True)
+    out, saved = chunk_local(*args, chunk=C, op_dtype=f64, interpret=True, with_t=True)
     rng = np.random.default_rng(1)
     cot = tuple(jnp.asarray(rng.standard_normal(o.shape), o.dtype) for o in ref_out)
-    got = local_stage_vjp(args + (t,), cot, C, f64)
+    got = local_stage_vjp(args + (saved.t,), cot, C, f64)
     for name, g, r in zip(("qb", "kt", "p", "v", "log_alpha", "log_mu", "beta"), got, ref_vjp(cot), strict=True):
         assert g.shape == r.shape, name
         assert np.all(np.isfinite(np.asarray(g))), name
@@ -231,15 +232,15 @@ def test_local_stage_vjp_matches_autodiff_of_xla_stage(gates):
 
 
 def _check_local_vjp_kernel(args, C, dtype, tol, interpret, seed=2, **blocks):
-    """local_stage_vjp_kernel == local_stage_vjp (XLA products) on random cotangents of every stage output."""
+    """local_stage_vjp_kernel (with the gate-VJP kernel, or XLA's gate autodiff if blocks has gate_kernel=False) ==
+    local_stage_vjp (XLA products, coefficients recomputed by XLA) on random cotangents of every stage output."""
     args = tuple(x.astype(dtype) if x.ndim == 4 else x for x in args)
-    out, t = chunk_local(*args, chunk=C, op_dtype=dtype, interpret=interpret, with_t=True)
+    out, saved = chunk_local(*args, chunk=C, op_dtype=dtype, interpret=interpret, with_t=True)
     rng = np.random.default_rng(seed)
     cot = tuple(jnp.asarray(rng.standard_normal(o.shape), jnp.float32).astype(o.dtype) for o in out)
-    res = args + (t,)
-    ref = jax.jit(functools.partial(local_stage_vjp, chunk=C, op_dtype=dtype))(res, cot)
+    ref = jax.jit(functools.partial(local_stage_vjp, chunk=C, op_dtype=dtype))(args + (saved.t,), cot)
     got = jax.jit(functools.partial(local_stage_vjp_kernel, chunk=C, op_dtype=dtype, interpret=interpret,
-                                    **blocks))(res, cot)
+                                    **blocks))(args + (saved,), cot)
     for name, g, r in zip(("qb", "kt", "p", "v", "log_alpha", "log_mu", "beta"), got, ref, strict=True):
         assert g.shape == r.shape and g.dtype == r.dtype, (name, g.shape, r.shape, g.dtype, r.dtype)
         err = rel(g, r)
@@ -247,12 +248,37 @@ def _check_local_vjp_kernel(args, C, dtype, tol, interpret, seed=2, **blocks):
 
 
 @pytest.mark.parametrize("C,K,V,gates,blocks", [(32, 32, 64, "random", {}), (16, 64, 32, "reset", dict(block_k=16)),
-                                                (64, 32, 32, "mu0", dict(block_k=32, block_v=16))])
+                                                (64, 32, 32, "mu0", dict(block_k=32, block_v=16)),
+                                                (32, 32, 32, "drift", dict(gate_kernel=False))])
 @pytest.mark.usefixtures("x64")
 def test_interpret_local_vjp_kernel_matches_xla(C, K, V, gates, blocks):
     """The chunk-local VJP kernel (several K and V blocks) equals the XLA products, in float64."""
     args = tuple(x.astype(jnp.float64) for x in _local_inputs(C + K, 1, 128, 2, K, V, gates))
     _check_local_vjp_kernel(args, C, jnp.float64, 1e-10, interpret=True, **blocks)
+
+
+@pytest.mark.parametrize("C,gates", [(32, "random"), (16, "reset"), (64, "mu0"), (32, "drift")])
+@pytest.mark.usefixtures("x64")
+def test_interpret_gate_vjp_kernel_matches_autodiff(C, gates):
+    """The gate-coefficient VJP kernel == XLA autodiff of `local_vjp.coefficients`, in float64, and the
+    coefficients the forward kernel saves == XLA's."""
+    la, lm, beta = (x.astype(jnp.float64) for x in _local_inputs(C, 2, 128, 3, 16, 16, gates)[4:])
+    coeffs, vjp = coefficients_with_vjp(la, lm, beta, C, jnp.float64)
+    rng = np.random.default_rng(C)
+    g = lambda *s: jnp.asarray(rng.standard_normal((6, 128 // C) + s), jnp.float64)  # noqa: E731
+    ga, gb, gdecay, g_gamma, g_gdown, g_d, g_e, g_rho = g(C), g(C), g(C), g(C, C), g(C, C), g(C), g(C), g(C)
+    ref = vjp(ga, gb, gdecay, g_gamma, g_gdown, g_rho, g_d, g_e)
+    got = gate_vjp(la, lm, beta, g_gamma, g_gdown, jnp.stack([g_d, g_e, g_rho], 2), ga, gb, gdecay,
+                   op_dtype=jnp.float64, interpret=True)
+    for name, x, r in zip(("log_alpha", "log_mu", "beta"), got, ref, strict=True):
+        assert x.shape == r.shape and x.dtype == r.dtype, name
+        assert rel(x, r) < 1e-12, f"{name}: {rel(x, r):.2e}"
+    q = jnp.ones(la.shape + (16,), jnp.float64)
+    _, saved = chunk_local(q, q, q, q, la, lm, beta, chunk=C, op_dtype=jnp.float64, interpret=True, with_t=True)
+    _, _, _, gamma, gamma_down, rho, d, e = coeffs
+    for name, x, r in (("gamma", saved.gamma, gamma), ("gamma_down", saved.gamma_down, gamma_down),
+                       ("d, e, rho", saved.vecs, jnp.stack([d, e, rho], 2))):
+        assert rel(x, r) < 1e-12, name
 
 
 def _grads_with_local_vjp_products(monkeypatch, inputs, init):

@@ -3,100 +3,73 @@
 Each kernel runs one program per (row x value head, chunk) and keeps few tiles live (the structure of FLA's
 chunked delta-rule forward: gates and products, triangular solve, WY products):
 
-1. `_coeff_kernel`: gate coefficients by recipe F (masked segment sums as cumulative sums of non-positive
-   terms), Gamma_down = D_alpha_down diag(beta) D_mu (one product) and Gamma from it by the row recursion,
-   W = (P Kt^T) o Gamma_down (float32),
+1. `_coeff_kernel`: gate coefficients by recipe F (`mdn_jax.pallas.gates`), W = (P Kt^T) o Gamma_down (float32),
    attn = Gamma o (Qb Kt^T), Kg = diag(Gamma_L) Kt, Kr = diag(rho) Kt, a, b, d, e and (a_L, b_L, m_L).
 2. `_solve_kernel`: T = (I + W)^-1: 16 x 16 diagonal blocks by forward substitution, then the off-diagonal
-   blocks X_ij = -X_ii sum_k W_ik X_kj by 16 x 16 products (float32 accumulation; see `_gate_precision`).
+   blocks X_ij = -X_ii sum_k W_ik X_kj by 16 x 16 products (float32 accumulation; see `gates.gate_precision`).
 3. `_wy_kernel`: U = T V, Y = T diag(d) P, Z = T diag(e) P (operand-dtype products, float32 accumulation).
 
 Inputs stay in the op's [B, Tp, HV, ...] layout (no transposes); outputs are in the layouts of
-`mdn_jax.pallas.chunk_pass`. The differentiated path keeps the XLA stage (`mdn_jax.pallas.core`).
+`mdn_jax.pallas.chunk_pass`. Under differentiation the coefficient kernel also writes Gamma, Gamma_down, d, e
+and rho for the backward (`LocalResiduals`).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.ops.chunked import LOG_GATE_FLOOR
-from mdn_jax.pallas import common, tuning
+from mdn_jax.pallas import common, gates, tuning
 
 _BLOCK = 16  # diagonal block of the triangular solve
 
 
-def _gate_precision(op_dtype, interpret: bool):
-    """Products of float32 gate matrices: exact in interpret mode; on the GPU TF32x3 (about float32) for float32
-    operands, one TF32 pass (10-bit mantissa, finer than the bf16/fp16 operands downstream) otherwise."""
-    if interpret:
-        return lax.Precision.HIGHEST
-    if op_dtype == jnp.float32:
-        return lax.DotAlgorithmPreset.TF32_TF32_F32_X3
-    return lax.DotAlgorithmPreset.TF32_TF32_F32
+class LocalResiduals(NamedTuple):
+    """What the chunk-local stage saves for its backward, [B*HV, NC, ...] per chunk."""
 
-
-def _shift_down(x):
-    """y[r] = x[r - 1], y[0] = 0, for a vector x [C]."""
-    C = x.shape[0]
-    rows, cols = common.iota((C, C), 0), common.iota((C, C), 1)
-    return jnp.sum(jnp.where(cols == rows - 1, x[None, :], 0.0), axis=1)
-
-
-def _segment_decay(x, offset):
-    """exp(sum_{r = l + 1 + offset .. tau} y_r) below the diagonal (+offset), 0 elsewhere: [C] -> [C, C].
-
-    offset 0: y = x, the lower-triangular D of recipe F (1 on the diagonal). offset 1: y = x shifted down
-    one step, which gives row tau - 1 of D in row tau (strictly lower). Terms are <= 0 and summed by a
-    cumulative sum (never a difference of prefix sums).
-    """
-    C = x.shape[0]
-    rows, cols = common.iota((C, C), 0), common.iota((C, C), 1)
-    y = _shift_down(x) if offset else x
-    seg = jnp.cumsum(jnp.where(rows > cols + offset, y[:, None], 0.0), axis=0)
-    return jnp.where(rows >= cols + offset, jnp.exp(seg), 0.0)
+    t: jax.Array  # [C, C] (I + W)^-1, operand dtype
+    gamma: jax.Array  # [C, C] float32
+    gamma_down: jax.Array  # [C, C] float32
+    vecs: jax.Array  # [3, C] float32: d, e, rho
 
 
 def _coeff_kernel(qb_ref, kt_ref, p_ref, la_ref, lm_ref, beta_ref,
-                  w_ref, attn_ref, qbo_ref, kg_ref, kr_ref, a_ref, b_ref, d_ref, e_ref, decay_ref,
-                  *, chunk, num_heads, precision, gate_precision):
+                  w_ref, attn_ref, qbo_ref, kg_ref, kr_ref, a_ref, b_ref, d_ref, e_ref, decay_ref, *res_refs,
+                  chunk, num_heads, precision, gate_precision):
     bh, c = pl.program_id(0), pl.program_id(1)
     row, head = bh // num_heads, bh % num_heads
     ts = pl.ds(c * chunk, chunk)
     acc = w_ref.dtype
-    la = jnp.maximum(la_ref[row, ts, head].astype(acc), LOG_GATE_FLOOR)
-    lm = jnp.maximum(lm_ref[row, ts, head].astype(acc), LOG_GATE_FLOOR)
-    beta = beta_ref[row, ts, head].astype(acc)
-
-    d_alpha, d_mu = _segment_decay(la, 0), _segment_decay(lm, 0)
-    # Gamma_down = D_alpha_down diag(beta) D_mu (row tau holds Gamma's row tau - 1), then Gamma by the row
-    # recursion Gamma_tau = alpha_tau Gamma_{tau-1} + beta_tau D_mu_tau (sums of non-negative terms).
-    gamma_down = jnp.dot(_segment_decay(la, 1), beta[:, None] * d_mu, precision=gate_precision,
-                         preferred_element_type=acc)
-    gamma = jnp.exp(la)[:, None] * gamma_down + beta[:, None] * d_mu
-    a = jnp.exp(jnp.cumsum(la))
-    m = jnp.exp(jnp.cumsum(lm))
-    b = jnp.sum(d_alpha * (beta * m)[None, :], axis=1)
+    cf = gates.coefficients(la_ref[row, ts, head].astype(acc), lm_ref[row, ts, head].astype(acc),
+                            beta_ref[row, ts, head].astype(acc), gate_precision)
 
     qb, kt, p = qb_ref[row, ts, head, :], kt_ref[row, ts, head, :], p_ref[row, ts, head, :]
     dot = functools.partial(common.dot, precision=precision, acc=acc)
-    w_ref[bh, c] = dot(p, kt.T) * gamma_down
-    attn_ref[bh, c] = (dot(qb, kt.T) * gamma).astype(attn_ref.dtype)
+    w_ref[bh, c] = dot(p, kt.T) * cf.gamma_down
+    attn_ref[bh, c] = (dot(qb, kt.T) * cf.gamma).astype(attn_ref.dtype)
     qbo_ref[bh, c] = qb.astype(qbo_ref.dtype)
     ktf = kt.astype(acc)
-    kg_ref[bh, c] = (ktf * common.pick_row(gamma, chunk - 1)[:, None]).astype(kg_ref.dtype)
-    kr_ref[bh, c] = (ktf * common.pick_row(d_mu, chunk - 1)[:, None]).astype(kr_ref.dtype)
-    a_ref[bh, c] = a
-    b_ref[bh, c] = b
-    d_ref[bh, c] = jnp.exp(jnp.cumsum(_shift_down(la)))
-    e_ref[bh, c] = _shift_down(b)
-    idx = common.iota((chunk,), 0)
-    last = lambda x: jnp.sum(jnp.where(idx == chunk - 1, x, 0.0))  # noqa: E731
-    decay_ref[bh, c] = common.scalars_vector(chunk, last(a), last(b), last(m))
+    rho = common.pick_row(cf.d_mu, chunk - 1)
+    kg_ref[bh, c] = (ktf * common.pick_row(cf.gamma, chunk - 1)[:, None]).astype(kg_ref.dtype)
+    kr_ref[bh, c] = (ktf * rho[:, None]).astype(kr_ref.dtype)
+    a_ref[bh, c] = cf.a
+    b_ref[bh, c] = cf.b
+    d = jnp.exp(jnp.cumsum(gates.shift_down(cf.la)))
+    e = gates.shift_down(cf.b)
+    d_ref[bh, c] = d
+    e_ref[bh, c] = e
+    decay_ref[bh, c] = common.scalars_vector(chunk, gates.last(cf.a), gates.last(cf.b), gates.last(cf.m))
+    if res_refs:  # the coefficients the backward reads (`LocalResiduals`)
+        gamma_ref, gdown_ref, vec_ref = res_refs
+        gamma_ref[bh, c] = cf.gamma
+        gdown_ref[bh, c] = cf.gamma_down
+        for i, x in enumerate((d, e, rho)):
+            vec_ref[bh, c, i] = x
 
 
 def _solve_kernel(w_ref, t_ref, *, chunk, gate_precision):
@@ -149,7 +122,7 @@ def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, inter
     qb, kt, p: [B, Tp, HV, K]; v: [B, Tp, HV, V] (K, V powers of two >= 16); log_alpha, log_mu, beta:
     [B, Tp, HV]; chunk in 16/32/64 divides Tp. Returns, as `mdn_jax.pallas.core._xla_local` does,
     (a, b, decay) float32 [B*HV, NC, C] and (qb, attn, u, y, z, kg, kr) [B*HV, NC, C, .] in op_dtype;
-    with_t: also T = (I + W)^-1 [B*HV, NC, C, C] in op_dtype (the residual of `mdn_jax.pallas.local_vjp`).
+    with_t: also the `LocalResiduals` of the backward (T = (I + W)^-1 and the gate coefficients).
     """
     B, Tp, HV, K = kt.shape
     V = v.shape[-1]
@@ -157,20 +130,22 @@ def chunk_local(qb, kt, p, v, log_alpha, log_mu, beta, *, chunk, op_dtype, inter
     op_dtype = jnp.dtype(op_dtype)
     acc = jnp.float64 if op_dtype == jnp.float64 else jnp.float32
     precision = common.dot_precision(op_dtype, interpret)
-    gate_precision = _gate_precision(op_dtype, interpret)
+    gate_precision = gates.gate_precision(op_dtype, interpret)
     qb, kt, p, v = (x.astype(op_dtype) for x in (qb, kt, p, v))
     grid, stages = (BH, NC), tuning.num_stages("local", K, op_dtype)
     shape = lambda *s, dtype=op_dtype: jax.ShapeDtypeStruct((BH, NC) + s, dtype)  # noqa: E731
     coeff = functools.partial(_coeff_kernel, chunk=C, num_heads=HV, precision=precision,
                               gate_precision=gate_precision)
-    w, attn, qbo, kg, kr, a, b, d, e, decay = common.call(
-        coeff, grid, (shape(C, C, dtype=acc), shape(C, C), shape(C, K), shape(C, K), shape(C, K))
-        + tuple(shape(C, dtype=acc) for _ in range(5)), interpret, num_warps,
-        qb, kt, p, log_alpha, log_mu, beta, stages=stages)
+    coeff_shapes = ((shape(C, C, dtype=acc), shape(C, C), shape(C, K), shape(C, K), shape(C, K))
+                    + tuple(shape(C, dtype=acc) for _ in range(5)))
+    if with_t:
+        coeff_shapes += (shape(C, C, dtype=acc), shape(C, C, dtype=acc), shape(3, C, dtype=acc))
+    w, attn, qbo, kg, kr, a, b, d, e, decay, *coeff_res = common.call(
+        coeff, grid, coeff_shapes, interpret, num_warps, qb, kt, p, log_alpha, log_mu, beta, stages=stages)
     solve = functools.partial(_solve_kernel, chunk=C, gate_precision=gate_precision)
     (t,) = common.call(solve, grid, (shape(C, C),), interpret, num_warps, w, stages=stages)
     wy = functools.partial(_wy_kernel, chunk=C, num_heads=HV, block=min(64, K, V), precision=precision)
     u, y, z = common.call(wy, grid, (shape(C, V), shape(C, K), shape(C, K)), interpret, num_warps,
                           t, p, v, d, e, stages=stages)
     outs = (a, b, decay, qbo, attn, u, y, z, kg, kr)
-    return (outs, t) if with_t else outs
+    return (outs, LocalResiduals(t, *coeff_res)) if with_t else outs

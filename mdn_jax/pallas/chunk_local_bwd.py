@@ -10,9 +10,9 @@ layout directly (no transposes) and loops over blocks of K and V:
     K loop:  dQb = gQb + (dattn o Gamma) Kt,  dP = d o T^T dY + e o T^T dZ + (dW o Gamma_down) Kt,
              dKt = (dattn o Gamma)^T Qb + dKg o Gamma_L + dKr o rho + (dW o Gamma_down)^T P
 
-The gate coefficients (Gamma, Gamma_down, rho, d, e) and the VJP of their map from the gates stay in XLA
-(`local_vjp.coefficients`: [C]-sized gate math). The default VJP of the chunk-local stage (`tuning`:
-`MDN_LOCAL_VJP_KERNEL=0` selects the XLA products instead); S400 on an H200: fwd+bwd 5.19 ms vs 5.67.
+The gate coefficients (Gamma, Gamma_down, rho, d, e) are the forward's (`chunk_local.LocalResiduals`); the VJP
+of their map from the gates is the kernel of `mdn_jax.pallas.gate_vjp`. The default VJP of the chunk-local stage
+(`tuning`: `MDN_LOCAL_VJP_KERNEL=0` selects the XLA products instead); S400 on an H200: fwd+bwd 5.19 ms vs 5.67.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.pallas import common, tuning
+from mdn_jax.pallas.gate_vjp import gate_vjp
 from mdn_jax.pallas.local_vjp import coefficients_with_vjp
 
 
@@ -98,18 +99,20 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref,
     k_blocks(out_step, 0)
 
 
-def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, block_v=64, num_warps=4):
-    """`local_vjp.local_stage_vjp` with the tensor-sized products in one Pallas kernel (same arguments and
-    results)."""
-    qb_in, kt_in, p_in, v_in, log_alpha, log_mu, beta, t = res
+def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, block_v=64, num_warps=4,
+                           gate_kernel=True):
+    """`local_vjp.local_stage_vjp` with the tensor-sized products in one Pallas kernel and the gate-coefficient VJP
+    in the kernel of `gate_vjp` (gate_kernel=False: XLA's autodiff of `local_vjp.coefficients`).
+
+    res: (qb, kt, p, v) [B, Tp, HV, .], (log_alpha, log_mu, beta) [B, Tp, HV] and the stage's
+    `chunk_local.LocalResiduals`; cot and the results as `local_stage_vjp`.
+    """
+    qb_in, kt_in, p_in, v_in, log_alpha, log_mu, beta, saved = res
     ga, gb, gdecay, gqb, gattn, gu, gy, gz, gkg, gkr = cot
     B, Tp, HV, K = qb_in.shape
     V = v_in.shape[-1]
     BH, NC, C = B * HV, Tp // chunk, chunk
     acc = jnp.float64 if jnp.dtype(op_dtype) == jnp.float64 else jnp.float32
-    coeffs, gates_vjp = coefficients_with_vjp(log_alpha, log_mu, beta, chunk, acc)
-    _, _, _, gamma, gamma_down, rho, d, e = coeffs
-    vecs = jnp.stack([d, e, rho], axis=2)  # [BH, NC, 3, C]
     block_k, block_v = min(block_k, K), min(block_v, V)
     kernel = functools.partial(_local_bwd_kernel, num_heads=HV, block_k=block_k, block_v=block_v,
                                precision=common.dot_precision(jnp.dtype(op_dtype), interpret))
@@ -117,9 +120,14 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
     out_shape = (like(qb_in), like(kt_in), like(p_in), like(v_in), jax.ShapeDtypeStruct((BH, NC, C, C), acc),
                  jax.ShapeDtypeStruct((BH, NC, C, C), acc), jax.ShapeDtypeStruct((BH, NC, 3, C), acc))
     dqb, dkt, dp, dv, g_gamma, g_gamma_down, g_vec = common.call(
-        kernel, (BH, NC), out_shape, interpret, num_warps, qb_in, kt_in, p_in, v_in, t.astype(op_dtype),
-        gamma.astype(acc), gamma_down.astype(acc), vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr, gqb,
-        stages=tuning.num_stages("local_vjp", K, op_dtype))
-    g_d, g_e, g_rho = (g_vec[:, :, i] for i in range(3))
-    return (dqb, dkt, dp, dv) + gates_vjp(ga, gb, gdecay, g_gamma, g_gamma_down, g_rho, g_d, g_e)
-
+        kernel, (BH, NC), out_shape, interpret, num_warps, qb_in, kt_in, p_in, v_in, saved.t.astype(op_dtype),
+        saved.gamma.astype(acc), saved.gamma_down.astype(acc), saved.vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr,
+        gqb, stages=tuning.num_stages("local_vjp", K, op_dtype))
+    if gate_kernel:
+        g_gates = gate_vjp(log_alpha, log_mu, beta, g_gamma, g_gamma_down, g_vec, ga, gb, gdecay, op_dtype=op_dtype,
+                           interpret=interpret)
+    else:
+        g_d, g_e, g_rho = (g_vec[:, :, i] for i in range(3))
+        _, gates_vjp = coefficients_with_vjp(log_alpha, log_mu, beta, chunk, acc)
+        g_gates = gates_vjp(ga, gb, gdecay, g_gamma, g_gamma_down, g_rho, g_d, g_e)
+    return (dqb, dkt, dp, dv) + tuple(g_gates)

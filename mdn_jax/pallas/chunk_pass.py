@@ -140,7 +140,7 @@ def _forward(save, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, c
                       jax.ShapeDtypeStruct((BH, NC, C, V), res_dtype)]
     return common.call(kernel, (BH, V // block_v), tuple(out_shape), interpret, num_warps,
                        chunk_init, chunk_final, decay, a, b, qb, attn, u, y, z, kg, kr, s0, m0,
-                       stages=tuning.num_stages("pass_save" if save else "pass", K, y.dtype))
+                       stages=tuning.num_stages("pass_save" if save else "pass", K, y.dtype, block_v))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(14, 15, 16))

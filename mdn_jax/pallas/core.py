@@ -1,8 +1,8 @@
 """`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels.
 
-The chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; its VJP is the kernel of
-`mdn_jax.pallas.chunk_local_bwd` from the saved T (or with `MDN_LOCAL_VJP_KERNEL=0` `local_stage_vjp`, the same
-products in XLA).
+The chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; its VJP is the kernels of
+`mdn_jax.pallas.chunk_local_bwd` and `mdn_jax.pallas.gate_vjp` from the saved T and gate coefficients (or with
+`MDN_LOCAL_VJP_KERNEL=0` `local_stage_vjp`, the same products in XLA).
 `MDN_LOCAL_KERNEL=0` runs the stage in XLA with XLA's autodiff instead (for side-by-side measurement).
 """
 
@@ -19,7 +19,7 @@ from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.chunk_pass import chunk_pass
 from mdn_jax.pallas.local_vjp import local_stage_vjp
-from mdn_jax.pallas.tuning import block_config, local_vjp_config, use_local_kernel
+from mdn_jax.pallas.tuning import block_config, local_vjp_config, use_gate_vjp_kernel, use_local_kernel
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -66,9 +66,9 @@ def _local_stage_fwd(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, int
     if not use_local_kernel():
         return jax.vjp(functools.partial(_xla_local, chunk=chunk, op_dtype=op_dtype), qb, kt, p, v, log_alpha,
                        log_mu, beta)
-    outs, t = _kernel_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret, with_t=True)
+    outs, saved = _kernel_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype, interpret, with_t=True)
     dtypes = jnp.zeros((0,), qb.dtype)  # the inputs' dtype (a size-0 array: residuals must be arrays)
-    return outs, (tuple(x.astype(op_dtype) for x in (qb, kt, p, v)) + (log_alpha, log_mu, beta, t), dtypes)
+    return outs, (tuple(x.astype(op_dtype) for x in (qb, kt, p, v)) + (log_alpha, log_mu, beta, saved), dtypes)
 
 
 def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
@@ -78,9 +78,10 @@ def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
     cfg = local_vjp_config()
     if cfg.use_kernel:
         grads = local_stage_vjp_kernel(saved, cot, chunk, op_dtype, interpret=interpret, block_k=cfg.block_k,
-                                       block_v=cfg.block_v, num_warps=cfg.num_warps)
+                                       block_v=cfg.block_v, num_warps=cfg.num_warps,
+                                       gate_kernel=use_gate_vjp_kernel())
     else:
-        grads = local_stage_vjp(saved, cot, chunk, op_dtype)
+        grads = local_stage_vjp(saved[:7] + (saved[7].t,), cot, chunk, op_dtype)
     return tuple(g.astype(dtypes.dtype) for g in grads[:4]) + grads[4:]
 
 
@@ -100,7 +101,7 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     V = x.v.shape[-1]
     C = chunk_size
     Kp, Vp = _pow2_at_least_16(K), _pow2_at_least_16(V)
-    cfg = block_config(Kp, Vp, C)
+    cfg = block_config(Kp, Vp, C, rows=B * HV)
     op_dtype = jnp.dtype(operand_dtype or x.qb.dtype)
     if op_dtype == jnp.float64 and not interpret:
         raise TypeError("implementation='pallas' on GPU takes float32/bfloat16/float16 inputs, not float64")

@@ -8,7 +8,8 @@ differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-
 `MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
 `MDN_LOCAL_KERNEL=0` computes the chunk-local stage in XLA instead of the Pallas kernels and
 `MDN_GRADS_KERNEL=0` the pass cotangents in XLA and `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA
-products instead of the kernel of `chunk_local_bwd` (for side-by-side measurement).
+products instead of the kernel of `chunk_local_bwd` and `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's
+autodiff instead of the kernel of `gate_vjp` (for side-by-side measurement).
 """
 
 from __future__ import annotations
@@ -40,17 +41,29 @@ def _env(name: str, default) -> int:
     return int(os.environ.get(name, default))
 
 
-def block_config(K: int, V: int, chunk_size: int) -> BlockConfig:
+_FEW_PROGRAMS = 128  # about the SM count of an H100/H200 (132): fewer programs than this leave SMs idle
+
+
+def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockConfig:
     """Block sizes for the sequential pass: S and M ([K, block_v] float32 each) live in registers.
 
-    S400 (K=128, V=256): block_v 32 is fastest for the reverse sweep and for the forward pass that writes the
-    chunk states (H200, d5e7720: fwd+bwd 5.68 ms with 32, 5.87 with 64), 64 for the forward pass alone
-    (H100, h100_2026-11-23_c91c7ff and _1d83036).
+    rows: B * HV, the independent sequences; a pass has rows * V / block_v programs.
+    S400 (K=128, V=256, 48 rows): block_v 32 is fastest for the reverse sweep and for the forward pass that writes
+    the chunk states (H200, d5e7720: fwd+bwd 5.68 ms with 32, 5.87 with 64), 64 for the forward pass alone
+    (H100, h100_2026-11-23_c91c7ff and _1d83036; H200 405c347: 1.24 ms vs 1.35 with 32). With fewer than
+    `_FEW_PROGRAMS` programs each is halved (S400 at B=1, T=32768, 6 rows, H200 405c347: forward 2.23 ms with 32
+    vs 4.41 with 64, forward+backward 5.87 with 16 vs 6.36 with 32).
     """
     del chunk_size
-    block_v = _env("MDN_BLOCK_V", 32 if K <= 128 else 16)
+
+    def fill(block):  # halve the block (down to 16) while the pass would have too few programs
+        while block > 16 and rows * V // block < _FEW_PROGRAMS:
+            block //= 2
+        return block
+
+    block_v = _env("MDN_BLOCK_V", fill(32 if K <= 128 else 16))
     block_v_save = _env("MDN_BLOCK_V_SAVE", block_v)
-    block_v_infer = _env("MDN_BLOCK_V_INFER", 64 if K <= 128 else 16)
+    block_v_infer = _env("MDN_BLOCK_V_INFER", fill(64 if K <= 128 else 16))
     return BlockConfig(block_v=min(block_v, V), block_v_save=min(block_v_save, V),
                        block_v_infer=min(block_v_infer, V), num_warps=_env("MDN_NUM_WARPS", 4),
                        local_warps=_env("MDN_LOCAL_WARPS", 4))
@@ -70,25 +83,34 @@ def local_vjp_config() -> KernelConfig:
                         block_v=_env("MDN_LOCAL_VJP_BLOCK_V", 64), num_warps=_env("MDN_LOCAL_VJP_WARPS", 4))
 
 
-_STAGES = {"pass": 1, "pass_save": 2, "pass_bwd": 2, "local": 1, "grads": 2, "local_vjp": 2}
+_STAGES = {"pass": 2, "pass_save": 2, "pass_bwd": 2, "local": 1, "grads": 2, "local_vjp": 2}
 
 
-def num_stages(family: str, K: int, dtype) -> int:
+def num_stages(family: str, K: int, dtype, block_v: int | None = None) -> int:
     """Triton software-pipelining stages (the next loop step's loads issued ahead, buffered in shared memory) of
     a kernel family: 'pass' (forward pass alone), 'pass_save' (forward pass writing the chunk states),
     'pass_bwd' (reverse sweep), 'local' (chunk-local forward), 'grads' (pass cotangents), 'local_vjp'.
 
     H200 (experiments/results/h200_2026-12-01_07a86da): S400 fwd+bwd 4.39 ms with these defaults vs 5.19 with 1
     everywhere; one at a time (48ac71a) 2 in the saving pass and the reverse sweep gave 4.69 vs 5.30, in the
-    cotangent kernel 5.10, in the chunk-local VJP 5.20, in the chunk-local forward nothing (5.29), in the forward
-    pass alone 1.31 vs 1.26 ms; 3 in the passes exceeds shared memory. The passes buffer whole [C, K] tiles, so
-    they keep 2 only for K rows of <= 256 bytes (at 1.3B, K=256 in bf16, 2 exceeds shared memory); the cotangent
-    and chunk-local VJP kernels loop over K blocks and keep 2 for 16-bit operands (1.3B: 9.20 ms vs 9.59).
-    float32 operands keep 1 (not measured).
+    cotangent kernel 5.10, in the chunk-local VJP 5.20, in the chunk-local forward nothing (5.29). The forward
+    pass alone (block_v: its V block) keeps 2 only for block_v <= 32 (405c347, S400 at block_v 32: 1.35 ms vs
+    1.54 with 1; at 64: 1.31 vs 1.26 with 1, 48ac71a); 3 in the passes exceeds shared memory. The passes buffer
+    whole [C, K] tiles, so they keep 2 only for K rows of <= 256 bytes (at 1.3B, K=256 in bf16, 2 exceeds shared
+    memory); the cotangent and chunk-local VJP kernels loop over K blocks and keep 2 for 16-bit operands (1.3B:
+    9.20 ms vs 9.59). float32 operands keep 1 (not measured).
     """
     itemsize = jnp.dtype(dtype).itemsize
     fits = K * itemsize <= 256 if family.startswith("pass") else itemsize <= 2
+    if family == "pass" and block_v is not None and block_v > 32:
+        fits = False
     return _env(f"MDN_STAGES_{family.upper()}", _STAGES[family] if fits else 1)
+
+
+def use_gate_vjp_kernel() -> bool:
+    """Whether the VJP of the gate-coefficient map runs as the kernel of `mdn_jax.pallas.gate_vjp` (env
+    MDN_GATE_VJP_KERNEL, default 1), instead of XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`."""
+    return os.environ.get("MDN_GATE_VJP_KERNEL", "1") != "0"
 
 
 def use_local_kernel() -> bool:

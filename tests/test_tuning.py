@@ -1,0 +1,37 @@
+"""The block-size and pipelining table of the Pallas kernels (`mdn_jax.pallas.tuning`)."""
+
+import jax.numpy as jnp
+
+from mdn_jax.pallas import tuning
+
+
+def _blocks(cfg):
+    return cfg.block_v, cfg.block_v_save, cfg.block_v_infer
+
+
+def test_s400_blocks():
+    assert _blocks(tuning.block_config(128, 256, 64, rows=8 * 6)) == (32, 32, 64)
+
+
+def test_few_rows_halve_the_blocks_down_to_16():
+    assert _blocks(tuning.block_config(128, 256, 64, rows=6)) == (16, 16, 16)  # S400 at B=1, T=32768
+    assert _blocks(tuning.block_config(128, 256, 64, rows=1)) == (16, 16, 16)
+    assert _blocks(tuning.block_config(256, 512, 64, rows=4)) == (16, 16, 16)  # K=256 starts at 16
+
+
+def test_blocks_never_exceed_v():
+    assert _blocks(tuning.block_config(128, 16, 64, rows=1000)) == (16, 16, 16)
+
+
+def test_env_overrides_the_table(monkeypatch):
+    monkeypatch.setenv("MDN_BLOCK_V", "64")
+    monkeypatch.setenv("MDN_BLOCK_V_INFER", "128")
+    assert _blocks(tuning.block_config(128, 256, 64, rows=6)) == (64, 64, 128)
+
+
+def test_forward_pass_pipelines_only_small_blocks():
+    assert tuning.num_stages("pass", 128, jnp.bfloat16, block_v=64) == 1
+    assert tuning.num_stages("pass", 128, jnp.bfloat16, block_v=32) == 2
+    assert tuning.num_stages("pass", 256, jnp.bfloat16, block_v=16) == 1  # [C, 256] bf16 tiles: shared memory
+    assert tuning.num_stages("pass_save", 128, jnp.bfloat16, block_v=32) == 2
+    assert tuning.num_stages("grads", 256, jnp.float32) == 1
