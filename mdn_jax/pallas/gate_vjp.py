@@ -4,7 +4,7 @@ Replaces XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients` in the backwa
 program per (row x value head, chunk) recomputes the chunk's coefficients from its gates and applies
 `mdn_jax.pallas.gates.coefficients_vjp` in registers, reading the [C, C] cotangents of Gamma and Gamma_down once
 and writing the gate cotangents straight into the op's [B, Tp, HV] layout. `MDN_GATE_VJP_KERNEL=0` selects the
-XLA autodiff instead (for side-by-side measurement).
+XLA autodiff instead (for side-by-side measurement); `MDN_GATE_VJP_WARPS` its warps.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mdn_jax.pallas import common, gates
+from mdn_jax.pallas import common, gates, tuning
 
 
 def _gate_vjp_kernel(la_ref, lm_ref, beta_ref, g_gamma_ref, g_gdown_ref, g_vec_ref, ga_ref, gb_ref, gdecay_ref,
@@ -26,7 +26,7 @@ def _gate_vjp_kernel(la_ref, lm_ref, beta_ref, g_gamma_ref, g_gdown_ref, g_vec_r
     ts = pl.ds(c * C, C)
     acc = g_gamma_ref.dtype
     la, lm = la_ref[row, ts, head].astype(acc), lm_ref[row, ts, head].astype(acc)
-    cf = gates.coefficients(la, lm, beta_ref[row, ts, head].astype(acc), precision)
+    cf = gates.coefficients(la, lm, beta_ref[row, ts, head].astype(acc), precision, with_gamma=False)
     gdecay = gdecay_ref[bh, c]
     idx = common.iota(gdecay.shape, 0)
     g_decay = tuple(jnp.sum(jnp.where(idx == i, gdecay, 0.0)) for i in range(3))
@@ -39,7 +39,7 @@ def _gate_vjp_kernel(la_ref, lm_ref, beta_ref, g_gamma_ref, g_gdown_ref, g_vec_r
 
 
 def gate_vjp(log_alpha, log_mu, beta, g_gamma, g_gamma_down, g_vec, ga, gb, gdecay, *, op_dtype, interpret,
-             num_warps=4):
+             num_warps=None):
     """Cotangents of (log_alpha, log_mu, beta) [B, Tp, HV] (in their dtypes).
 
     g_gamma, g_gamma_down: [B*HV, NC, C, C] float32 cotangents of Gamma and Gamma_down; g_vec: [B*HV, NC, 3, C]
@@ -51,6 +51,7 @@ def gate_vjp(log_alpha, log_mu, beta, g_gamma, g_gamma_down, g_vec, ga, gb, gdec
     if BH != B * HV or NC * C != Tp:
         raise ValueError(f"gate cotangents {g_gamma.shape} do not match gates {log_alpha.shape}")
     acc = g_gamma.dtype
+    num_warps = num_warps or tuning.gate_vjp_warps()
     kernel = functools.partial(_gate_vjp_kernel, num_heads=HV,
                                precision=gates.gate_precision(jnp.dtype(op_dtype), interpret))
     out_shape = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (log_alpha, log_mu, beta))

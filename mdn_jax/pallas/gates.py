@@ -99,14 +99,17 @@ class Coeffs(NamedTuple):
     b: jnp.ndarray
 
 
-def coefficients(la, lm, beta, precision) -> Coeffs:
+def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
     """Recipe F from one chunk's gates [C] (float32). Gamma_down by one product, Gamma from it by the row
-    recursion Gamma_tau = alpha_tau Gamma_{tau-1} + beta_tau D_mu_tau (sums of non-negative terms)."""
+    recursion Gamma_tau = alpha_tau Gamma_{tau-1} + beta_tau D_mu_tau (sums of non-negative terms).
+    with_gamma=False: Gamma and Gamma_down are None (the VJP needs only the D factors)."""
     la, lm = jnp.maximum(la, LOG_GATE_FLOOR), jnp.maximum(lm, LOG_GATE_FLOOR)
     d_alpha, d_alpha_down, d_mu = segment_decay(la, 0), segment_decay(la, 1), segment_decay(lm, 0)
-    gamma_down = jnp.dot(d_alpha_down, beta[:, None] * d_mu, precision=precision,
-                         preferred_element_type=d_mu.dtype)
-    gamma = jnp.exp(la)[:, None] * gamma_down + beta[:, None] * d_mu
+    gamma_down = gamma = None
+    if with_gamma:
+        gamma_down = jnp.dot(d_alpha_down, beta[:, None] * d_mu, precision=precision,
+                             preferred_element_type=d_mu.dtype)
+        gamma = jnp.exp(la)[:, None] * gamma_down + beta[:, None] * d_mu
     a, m = jnp.exp(jnp.cumsum(la)), jnp.exp(jnp.cumsum(lm))
     b = jnp.sum(d_alpha * (beta * m)[None, :], axis=1)
     return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b)
@@ -127,14 +130,16 @@ def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g
     # b = D_alpha (beta o m): gD_alpha += gb (beta o m)^T;  g(beta o m) = D_alpha^T gb
     g_bm = jnp.sum(cf.d_alpha * gb[:, None], axis=0)
     gm = cf.beta * g_bm + jnp.where(is_last, g_decay[2], 0.0)
-    # Gamma = D_alpha B D_mu and Gamma_down = D_alpha_down B D_mu (B = diag(beta))
-    g_d_alpha = dot_t(g_gamma, cf.d_mu) * cf.beta[None, :] + gb[:, None] * (cf.beta * cf.m)[None, :]
-    g_d_alpha_down = dot_t(g_gamma_down, cf.d_mu) * cf.beta[None, :]
+    # Gamma = D_alpha B D_mu and Gamma_down = D_alpha_down B D_mu (B = diag(beta)); each [C, C] cotangent is
+    # reduced to its [C] contribution before the next is formed (few live tiles: no register spills).
     y = dot(cf.d_alpha.T, g_gamma) + dot(cf.d_alpha_down.T, g_gamma_down)  # [l, j]
     g_beta = jnp.sum(y * cf.d_mu, axis=1) + cf.m * g_bm
     g_d_mu = cf.beta[:, None] * y + jnp.where(rows == C - 1, g_rho[None, :], 0.0)
-    d = jnp.exp(jnp.cumsum(shift_down(cf.la)))
-    g_la = (suffix_sum(ga * cf.a) + suffix_sum(g_d * d, strict=True) + segment_decay_vjp(g_d_alpha * cf.d_alpha, 0)
-            + segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1))
     g_lm = suffix_sum(gm * cf.m) + segment_decay_vjp(g_d_mu * cf.d_mu, 0)
+    g_d_alpha = dot_t(g_gamma, cf.d_mu) * cf.beta[None, :] + gb[:, None] * (cf.beta * cf.m)[None, :]
+    g_la = segment_decay_vjp(g_d_alpha * cf.d_alpha, 0)
+    g_d_alpha_down = dot_t(g_gamma_down, cf.d_mu) * cf.beta[None, :]
+    g_la += segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1)
+    d = jnp.exp(jnp.cumsum(shift_down(cf.la)))
+    g_la += suffix_sum(ga * cf.a) + suffix_sum(g_d * d, strict=True)
     return (jnp.where(la_raw > LOG_GATE_FLOOR, g_la, 0.0), jnp.where(lm_raw > LOG_GATE_FLOOR, g_lm, 0.0), g_beta)

@@ -113,6 +113,12 @@ def use_gate_vjp_kernel() -> bool:
     return os.environ.get("MDN_GATE_VJP_KERNEL", "1") != "0"
 
 
+def gate_vjp_warps() -> int:
+    """Warps of the gate-VJP kernel (env MDN_GATE_VJP_WARPS): its [C, C] float32 tiles take 32 registers per thread
+    each at 4 warps."""
+    return _env("MDN_GATE_VJP_WARPS", 4)
+
+
 def use_local_kernel() -> bool:
     """Whether the chunk-local stage runs as Pallas kernels with the VJP from their saved T (env MDN_LOCAL_KERNEL,
     default 1), instead of XLA and its autodiff."""
