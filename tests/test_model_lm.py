@@ -113,15 +113,3 @@ def test_cache_structure():
     with pytest.raises(ValueError, match="segment_ids"):
         model(jnp.zeros((3, 4), jnp.int32), segment_ids=jnp.zeros((3, 4), jnp.int32), cache=cache)
 
-
-def test_embed_rows_gradient_is_the_scatter_add_of_the_row_cotangents():
-    from mdn_jax.model.model import embed_rows
-
-    rng = np.random.default_rng(0)
-    table = jnp.asarray(rng.standard_normal((11, 8)), jnp.float32)
-    ids = jnp.asarray([[1, 3, 3, 0], [10, 3, 1, 1]], jnp.int32)  # repeated ids must accumulate
-    g = jnp.asarray(rng.standard_normal((2, 4, 8)), jnp.float32)
-    out, vjp = jax.vjp(lambda t: embed_rows(t, ids, jnp.bfloat16), table)
-    ref_out, ref_vjp = jax.vjp(lambda t: jnp.take(t, ids, axis=0).astype(jnp.bfloat16), table)
-    assert out.dtype == jnp.bfloat16 and np.array_equal(np.asarray(out), np.asarray(ref_out))
-    np.testing.assert_allclose(vjp(g.astype(jnp.bfloat16))[0], ref_vjp(g.astype(jnp.bfloat16))[0], rtol=1e-6)

@@ -11,8 +11,6 @@ chunked operator from the cached state and returns the final state; then
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,30 +25,6 @@ from mdn_jax.model.params import linear, normal_init
 
 def _dt(name: str):
     return jnp.dtype(name)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def embed_rows(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
-    """Rows `ids` [B, T] of `table` [vocab, D] cast to dtype: [B, T, D].
-
-    Gathering from the parameter-dtype table and casting after (not casting the whole table first, as nnx.Embed
-    does) makes the gradient a float32 scatter-add of B*T rows. The VJP materialises the row cotangents before the
-    scatter (an optimization barrier: XLA does not fuse their producers into it).
-    """
-    return jnp.take(table, ids, axis=0).astype(dtype)
-
-
-def _embed_rows_fwd(table, ids, dtype):
-    return embed_rows(table, ids, dtype), (ids, jnp.zeros((table.shape[0], 0), table.dtype))
-
-
-def _embed_rows_bwd(dtype, res, g):
-    ids, proto = res  # proto: [vocab, 0], the table's row count and dtype
-    rows = jax.lax.optimization_barrier(g.astype(proto.dtype))
-    return jnp.zeros((proto.shape[0], g.shape[-1]), proto.dtype).at[ids].add(rows), None
-
-
-embed_rows.defvjp(_embed_rows_fwd, _embed_rows_bwd)
 
 
 def make_mixer(cfg: ModelConfig, layer_idx: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -125,7 +99,11 @@ class CausalLM(nnx.Module):
             raise ValueError("segment_ids (packed documents) and a decode cache cannot be combined")
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
-        x = embed_rows(self.embeddings.embedding.value, tokens, _dt(self.config.dtype))
+        # Gather rows of the parameter-dtype table, then cast: the gradient is then a float32 scatter-add of
+        # B*T rows (nnx.Embed casts the whole table first and scatters in bf16). The 400M step still spends
+        # ~14 ms per micro-batch in that scatter on an H200, while the same scatter alone takes ~0.3 ms
+        # (experiments/bench_embed_grad.py; PERF_NOTES.md).
+        x = jnp.take(self.embeddings.embedding.value, tokens, axis=0).astype(_dt(self.config.dtype))
         new_cache = []
         for i, block in enumerate(self.layers):
             if cache is not None:
