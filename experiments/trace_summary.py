@@ -20,7 +20,7 @@ import re
 
 CATEGORIES = [
     ("mdn_pallas", r"_fwd_kernel|_bwd_kernel|_coeff_kernel|_solve_kernel|_wy_kernel|_step_kernel|_grads_kernel"
-                   r"|_local_bwd_kernel|chunk_"),
+                   r"|_gate_vjp_kernel|_local_bwd_kernel|chunk_"),
     ("collective", r"nccl|all-reduce|all_reduce|all-gather|all_gather|reduce-scatter|reduce_scatter"),
     ("attention", r"cudnn|flash|fmha"),
     ("matmul", r"gemm|cutlass|xmma|sm90|sm80|cublas|nvjet|wgmma|dot|matmul"),
