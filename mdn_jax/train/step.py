@@ -25,7 +25,16 @@ from mdn_jax.train.state import TrainSetup
 
 
 def _cast(params, dtype):
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    """Floating params in the compute dtype, except embedding tables (under a key 'embeddings'): the model gathers
+    their rows and casts those, so the table's gradient is a float32 scatter-add of B*T rows. (Cast first, it was a
+    bf16 scatter-add: 14 ms per 400M micro-batch on an H200, 9% of the step, vs ~0.4 ms in float32.)"""
+
+    def cast(path, x):
+        if not jnp.issubdtype(x.dtype, jnp.floating) or any(getattr(k, "key", None) == "embeddings" for k in path):
+            return x
+        return x.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 BATCH_KEYS = ("tokens", "segment_ids")
