@@ -100,9 +100,8 @@ class CausalLM(nnx.Module):
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
         # Gather rows of the parameter-dtype table, then cast: the gradient is then a float32 scatter-add of
-        # B*T rows (nnx.Embed casts the whole table first and scatters in bf16). The 400M step still spends
-        # ~14 ms per micro-batch in that scatter on an H200, while the same scatter alone takes ~0.3 ms
-        # (experiments/bench_embed_grad.py; PERF_NOTES.md).
+        # B*T rows (nnx.Embed casts the whole table first and scatters in bf16, which is slow on GPUs). The train
+        # step keeps the table in float32 for this (`mdn_jax.train.step._cast`).
         x = jnp.take(self.embeddings.embedding.value, tokens, axis=0).astype(_dt(self.config.dtype))
         new_cache = []
         for i, block in enumerate(self.layers):
