@@ -52,7 +52,8 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
     the chunk states (H200, d5e7720: fwd+bwd 5.68 ms with 32, 5.87 with 64), 64 for the forward pass alone
     (H100, h100_2026-11-23_c91c7ff and _1d83036; H200 405c347: 1.24 ms vs 1.35 with 32). With fewer than
     `_FEW_PROGRAMS` programs each is halved (S400 at B=1, T=32768, 6 rows, H200 405c347: forward 2.23 ms with 32
-    vs 4.41 with 64, forward+backward 5.87 with 16 vs 6.36 with 32).
+    vs 4.41 with 64, forward+backward 5.87 with 16 vs 6.36 with 32; 1003bca: forward 2.25 with the rule's 16, 2.24
+    with 32).
     """
     del chunk_size
 
