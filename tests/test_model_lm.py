@@ -112,4 +112,3 @@ def test_cache_structure():
     assert gdn.M is None and gdn.S.shape == (1, 4, 16, 32)
     with pytest.raises(ValueError, match="segment_ids"):
         model(jnp.zeros((3, 4), jnp.int32), segment_ids=jnp.zeros((3, 4), jnp.int32), cache=cache)
-

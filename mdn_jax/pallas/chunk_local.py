@@ -59,16 +59,15 @@ def _coeff_kernel(qb_ref, kt_ref, p_ref, la_ref, lm_ref, beta_ref,
     kr_ref[bh, c] = (ktf * rho[:, None]).astype(kr_ref.dtype)
     a_ref[bh, c] = cf.a
     b_ref[bh, c] = cf.b
-    d = jnp.exp(jnp.cumsum(gates.shift_down(cf.la)))
     e = gates.shift_down(cf.b)
-    d_ref[bh, c] = d
+    d_ref[bh, c] = cf.d
     e_ref[bh, c] = e
     decay_ref[bh, c] = common.scalars_vector(chunk, gates.last(cf.a), gates.last(cf.b), gates.last(cf.m))
     if res_refs:  # the coefficients the backward reads (`LocalResiduals`)
         gamma_ref, gdown_ref, vec_ref = res_refs
         gamma_ref[bh, c] = cf.gamma
         gdown_ref[bh, c] = cf.gamma_down
-        for i, x in enumerate((d, e, rho)):
+        for i, x in enumerate((cf.d, e, rho)):
             vec_ref[bh, c, i] = x
 
 

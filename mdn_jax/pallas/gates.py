@@ -97,6 +97,7 @@ class Coeffs(NamedTuple):
     a: jnp.ndarray
     m: jnp.ndarray
     b: jnp.ndarray
+    d: jnp.ndarray  # [1, a_0 .. a_{C-2}]
 
 
 def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
@@ -112,7 +113,8 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
         gamma = jnp.exp(la)[:, None] * gamma_down + beta[:, None] * d_mu
     a, m = jnp.exp(jnp.cumsum(la)), jnp.exp(jnp.cumsum(lm))
     b = jnp.sum(d_alpha * (beta * m)[None, :], axis=1)
-    return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b)
+    d = jnp.exp(jnp.cumsum(shift_down(la)))
+    return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d)
 
 
 def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g_d, g_e, ga, gb, g_decay,
@@ -140,6 +142,5 @@ def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g
     g_la = segment_decay_vjp(g_d_alpha * cf.d_alpha, 0)
     g_d_alpha_down = dot_t(g_gamma_down, cf.d_mu) * cf.beta[None, :]
     g_la += segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1)
-    d = jnp.exp(jnp.cumsum(shift_down(cf.la)))
-    g_la += suffix_sum(ga * cf.a) + suffix_sum(g_d * d, strict=True)
+    g_la += suffix_sum(ga * cf.a) + suffix_sum(g_d * cf.d, strict=True)
     return (jnp.where(la_raw > LOG_GATE_FLOOR, g_la, 0.0), jnp.where(lm_raw > LOG_GATE_FLOOR, g_lm, 0.0), g_beta)
