@@ -8,6 +8,11 @@ the chunk-local operands of `mdn_jax.ops.chunked.ChunkTensors`:
     S_{c+1} = a_L S_c - b_L M_c + Kg_c^T N_c            (Kg = Kt diag(Gamma_L))
     M_{c+1} = m_L M_c - Kr_c^T N_c                      (Kr = Kt diag(rho))
 
+Without differentiation `chunk_pass_infer` runs the same recurrence from T, P, V and Kt (U - Y S + Z M =
+T (V - diag(d) P S + diag(e) P M), Kg^T N = Kt^T diag(Gamma_L) N, Kr^T N = Kt^T diag(rho) N): one more
+[C, C] product per chunk, three [C, K] tiles read instead of five (P, Qb, Kt for Y, Z, Qb, Kg, Kr) and no WY
+kernel before it.
+
 One program owns one (row, value head, block of V columns): S and M ([K, BV], float32) stay in
 registers for the whole sequence, O is written chunk by chunk. The reverse kernel runs the adjoint
 recurrence of spec 4.2 (B1)-(B2) with the output's contributions formed in registers from dO:
@@ -36,6 +41,13 @@ from mdn_jax.pallas import chunk_grads, common, tuning
 
 def _load_start(idx, table_ref, head, vs, acc, carry):
     return lax.cond(idx >= 0, lambda: table_ref[idx, head, :, vs].astype(acc), lambda: carry)
+
+
+def _store_final(f, fs_ref, fm_ref, head, vs, S, M, num_states):
+    @pl.when(f < num_states)
+    def _():
+        fs_ref[f, head, :, vs] = S.astype(fs_ref.dtype)
+        fm_ref[f, head, :, vs] = M.astype(fm_ref.dtype)
 
 
 def _fwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, u_ref, y_ref, z_ref, kg_ref,
@@ -67,13 +79,42 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, a_ref, b_ref, qb_ref, attn_ref, 
         a_l, b_l, m_l = decay_ref[bh, c, 0], decay_ref[bh, c, 1], decay_ref[bh, c, 2]
         S_next = a_l * S - b_l * M + dot(kg_ref[bh, c], nd, trans_a=True)
         M_next = m_l * M - dot(kr_ref[bh, c], nd, trans_a=True)
-        f = final_ref[row, c]
+        _store_final(final_ref[row, c], fs_ref, fm_ref, head, vs, S_next, M_next, num_states)
+        return S_next, M_next
 
-        @pl.when(f < num_states)
-        def _():
-            fs_ref[f, head, :, vs] = S_next.astype(fs_ref.dtype)
-            fm_ref[f, head, :, vs] = M_next.astype(fm_ref.dtype)
+    zeros = jnp.zeros((K, block_v), acc)
+    lax.fori_loop(0, num_chunks, body, (zeros, zeros))
 
+
+def _infer_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref,
+                  m0_ref, o_ref, fs_ref, fm_ref, *, num_chunks, num_heads, block_v, num_states, precision):
+    """The forward without differentiation: the WY products from T (N = T (V - diag(d) P S + diag(e) P M)) and
+    Kg^T N, Kr^T N as Kt^T (diag(Gamma_L) N), Kt^T (diag(rho) N); every [C, K] operand read once per step."""
+    bh = pl.program_id(0)
+    vs = pl.ds(pl.program_id(1) * block_v, block_v)
+    row, head = bh // num_heads, bh % num_heads
+    chunk, K = t_ref.shape[-1], kt_ref.shape[-1]
+    op_dtype, acc = kt_ref.dtype, fs_ref.dtype
+    dot = functools.partial(common.dot, precision=precision, acc=acc)
+
+    def body(c, carry):
+        idx = init_ref[row, c]
+        S = _load_start(idx, s0_ref, head, vs, acc, carry[0])
+        M = _load_start(idx, m0_ref, head, vs, acc, carry[1])
+        Sd, Md = S.astype(op_dtype), M.astype(op_dtype)
+        ts = pl.ds(c * chunk, chunk)
+        a, b, d, e, g_last, rho = (vec_ref[bh, c, i][:, None] for i in range(6))
+        p = p_ref[row, ts, head, :]
+        r = v_ref[row, ts, head, vs].astype(acc) - d * dot(p, Sd) + e * dot(p, Md)
+        n = dot(t_ref[bh, c], r.astype(op_dtype))
+        qb = qb_ref[row, ts, head, :]
+        o = a * dot(qb, Sd) - b * dot(qb, Md) + dot(attn_ref[bh, c], n.astype(op_dtype))
+        o_ref[row, ts, head, vs] = o.astype(o_ref.dtype)
+        kt = kt_ref[row, ts, head, :]
+        a_l, b_l, m_l = decay_ref[bh, c, 0], decay_ref[bh, c, 1], decay_ref[bh, c, 2]
+        S_next = a_l * S - b_l * M + dot(kt, (g_last * n).astype(op_dtype), trans_a=True)
+        M_next = m_l * M - dot(kt, (rho * n).astype(op_dtype), trans_a=True)
+        _store_final(final_ref[row, c], fs_ref, fm_ref, head, vs, S_next, M_next, num_states)
         return S_next, M_next
 
     zeros = jnp.zeros((K, block_v), acc)
@@ -141,6 +182,28 @@ def _forward(save, a, b, qb, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, c
     return common.call(kernel, (BH, V // block_v), tuple(out_shape), interpret, num_warps,
                        chunk_init, chunk_final, decay, a, b, qb, attn, u, y, z, kg, kr, s0, m0,
                        stages=tuning.num_stages("pass_save" if save else "pass", K, y.dtype, block_v))
+
+
+def chunk_pass_infer(t, attn, vecs, decay, qb, kt, p, v, s0, m0, chunk_init, chunk_final, *, block_v, interpret,
+                     num_warps):
+    """The sequential pass of the forward without differentiation (not differentiable: `mdn_jax.pallas.core`
+    differentiates through `chunk_pass`), from `chunk_local.chunk_local_infer`'s outputs.
+
+    t, attn: [BH, NC, C, C]; vecs: [BH, NC, 6, C] float32 (a, b, d, e, Gamma_L, rho); decay: [BH, NC, >=3];
+    qb, kt, p: [B, NC * C, HV, K] and v: [B, NC * C, HV, V] (operand dtype, the op's layout); s0, m0, chunk_init,
+    chunk_final as `chunk_pass`. Returns O [B, NC * C, HV, V] and final (S, M) [N, HV, K, V].
+    """
+    BH, NC, C = t.shape[:3]
+    K, V = kt.shape[-1], v.shape[-1]
+    n_states, HV = s0.shape[:2]
+    acc = s0.dtype
+    kernel = functools.partial(_infer_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
+                               precision=common.dot_precision(kt.dtype, interpret))
+    out_shape = (jax.ShapeDtypeStruct(v.shape, common.storage_dtype(kt.dtype, acc)),
+                 jax.ShapeDtypeStruct(s0.shape, acc), jax.ShapeDtypeStruct(m0.shape, acc))
+    return common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
+                       chunk_init, chunk_final, decay, vecs, t, attn, qb, kt, p, v, s0, m0,
+                       stages=tuning.num_stages("pass", K, kt.dtype, block_v))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(14, 15, 16))

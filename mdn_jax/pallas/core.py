@@ -1,5 +1,9 @@
 """`implementation="pallas"`: the chunk-local stage and the sequential pass (with the output) in Pallas kernels.
 
+Without differentiation the op runs `chunk_local_infer` and `chunk_pass_infer` (the WY products formed inside the
+pass from T: fewer bytes); under differentiation the composition of the chunk-local stage and `chunk_pass`, which
+saves what the backward reads.
+
 The chunk-local stage runs as the kernels of `mdn_jax.pallas.chunk_local`; its VJP is the kernels of
 `mdn_jax.pallas.chunk_local_bwd` and `mdn_jax.pallas.gate_vjp` from the saved T and gate coefficients (or with
 `MDN_LOCAL_VJP_KERNEL=0` `local_stage_vjp`, the same products in XLA).
@@ -15,9 +19,10 @@ import jax.numpy as jnp
 
 from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
-from mdn_jax.pallas.chunk_local import chunk_local
+from mdn_jax.pallas import tuning
+from mdn_jax.pallas.chunk_local import chunk_local, chunk_local_infer
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
-from mdn_jax.pallas.chunk_pass import chunk_pass
+from mdn_jax.pallas.chunk_pass import chunk_pass, chunk_pass_infer
 from mdn_jax.pallas.local_vjp import local_stage_vjp
 from mdn_jax.pallas.tuning import block_config, local_vjp_config, use_gate_vjp_kernel, use_local_kernel
 
@@ -88,6 +93,42 @@ def _local_stage_bwd(chunk, op_dtype, interpret, res, cot):
 _local_stage.defvjp(_local_stage_fwd, _local_stage_bwd)
 
 
+def _train_core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret,
+                cfg):
+    """The op as the differentiable composition of the chunk-local stage and `chunk_pass` (each a custom_vjp)."""
+    a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype,
+                                                           interpret)
+    return chunk_pass(a, b, qbf, attn, u, y, z, kg, kr, decay, s0, m0, chunk_init, chunk_final,
+                      (cfg.block_v_infer, cfg.block_v_save, cfg.block_v), interpret, cfg.num_warps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14))
+def _core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret, cfg):
+    """Without differentiation: `chunk_local_infer` and `chunk_pass_infer` (no WY products, no Kg, Kr).
+    Under differentiation: `_train_core` and its VJP."""
+    if not (use_local_kernel() and tuning.use_infer_pass()):
+        return _train_core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype,
+                           interpret, cfg)
+    qb, kt, p, v = (x.astype(op_dtype) for x in (qb, kt, p, v))
+    t, attn, vecs, decay = chunk_local_infer(qb, kt, p, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype,
+                                             interpret=interpret, num_warps=cfg.local_warps)
+    return chunk_pass_infer(t, attn, vecs, decay, qb, kt, p, v, s0, m0, chunk_init, chunk_final,
+                            block_v=cfg.block_v_infer, interpret=interpret, num_warps=cfg.num_warps)
+
+
+def _core_fwd(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret,
+              cfg):
+    train = functools.partial(_train_core, chunk=chunk, op_dtype=op_dtype, interpret=interpret, cfg=cfg)
+    return jax.vjp(train, qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final)
+
+
+def _core_bwd(chunk, op_dtype, interpret, cfg, vjp, cot):
+    return vjp(cot)[:9] + (None, None)
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None):
     """Same contract as `mdn_jax.ops.chunked.chunked_core`.
 
@@ -108,9 +149,7 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
     v = _pad_last(x.v, Vp)
-    a, b, decay, qbf, attn, u, y, z, kg, kr = _local_stage(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, C, op_dtype,
-                                                           interpret)
-    o, fs, fm = chunk_pass(a, b, qbf, attn, u, y, z, kg, kr, decay, s0, m0, x.chunk_init, x.chunk_final,
-                           (cfg.block_v_infer, cfg.block_v_save, cfg.block_v), interpret, cfg.num_warps)
+    o, fs, fm = _core(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, s0, m0, x.chunk_init, x.chunk_final, C, op_dtype,
+                      interpret, cfg)
     o = o[..., :V]
     return o, (fs[..., :K, :V], fm[..., :K, :V])
