@@ -1,7 +1,7 @@
 """Benchmark of the momentum delta rule op: forward and forward+backward per implementation.
 
 Usage: python experiments/bench_ops.py [--cases S400] [--impls pallas,xla] [--out experiments/results]
-       python experiments/bench_ops.py --cases S400 --impls pallas --variants "MDN_LOCAL_KERNEL=0;MDN_BLOCK_V_INFER=32"
+       python experiments/bench_ops.py --cases S400 --impls pallas --variants "MDN_GATE_VJP_KERNEL=0;MDN_BLOCK_V=16"
 (--variants: ';'-separated sets of space-separated env assignments of `mdn_jax.pallas.tuning`, each timed in
 this process after the default configuration; the relative error column is against the first row of a case.)
 Timing: jit, warm-up, block_until_ready, median of repeated runs. Memory: XLA's compiled memory

@@ -43,7 +43,7 @@ def main():
     res = {}
     prep = jax.jit(lambda x: prepare_chunks(x, 64, operand_dtype=jnp.bfloat16))
     res["prepare_fwd_ms"] = timeit(prep, (x,), a.reps)
-    local = jax.jit(lambda x: chunk_local(x.qb, x.kt, x.p, x.v, x.log_alpha, x.log_mu, x.beta, chunk=64,
+    local = jax.jit(lambda x: chunk_local(x.qb, x.kt, x.p, x.log_alpha, x.log_mu, x.beta, chunk=64,
                                           op_dtype=jnp.bfloat16, interpret=False))
     res["local_kernels_fwd_ms"] = timeit(local, (x,), a.reps)
     core = jax.jit(lambda x: pallas_core(x, 64, operand_dtype=jnp.bfloat16))

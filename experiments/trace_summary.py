@@ -19,7 +19,7 @@ import os
 import re
 
 CATEGORIES = [
-    ("mdn_pallas", r"_fwd_kernel|_bwd_kernel|_coeff_kernel|_solve_kernel|_wy_kernel|_step_kernel|_grads_kernel"
+    ("mdn_pallas", r"_fwd_kernel|_bwd_kernel|_coeff_kernel|_solve_kernel|_step_kernel|_grads_kernel"
                    r"|_gate_vjp_kernel|_local_bwd_kernel|chunk_"),
     ("collective", r"nccl|all-reduce|all_reduce|all-gather|all_gather|reduce-scatter|reduce_scatter"),
     ("attention", r"cudnn|flash|fmha"),

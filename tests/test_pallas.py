@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
+from mdn_jax.ops.chunked import prepare_chunks
+from mdn_jax.ops.core import CoreInputs
 from mdn_jax.pallas import common
 from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
-from mdn_jax.pallas.chunk_local import chunk_local
+from mdn_jax.pallas.chunk_local import VECS, chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
-from mdn_jax.pallas.core import _xla_local
 from mdn_jax.pallas.gate_vjp import gate_vjp
 from mdn_jax.pallas.local_vjp import coefficients_with_vjp, local_stage_vjp
 
@@ -199,11 +200,41 @@ def _local_inputs(seed, B, T, H, K, V, gates="random"):
             jax.nn.sigmoid(f(B, T, H)))
 
 
+def _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
+    """The chunk-local quantities by the XLA path (`ops.chunked.prepare_chunks`), in the kernels' layouts
+    [B*HV, NC, C, ...]: (a, b, decay) float32 (decay zero-padded to [C]) and (qb, attn, u, y, z, kg, kr) in
+    op_dtype."""
+    x = CoreInputs(qb, kt, p, v, log_alpha, log_mu, beta, None, None, None, None)
+    t = prepare_chunks(x, chunk, operand_dtype=None if op_dtype in (jnp.float32, jnp.float64) else op_dtype)
+    B, HV, NC, C, K = t.y.shape
+    rows = lambda a: a.reshape((B * HV, NC) + a.shape[3:])  # noqa: E731
+    flat = lambda a: rows(a).astype(op_dtype)  # noqa: E731
+    decay = jnp.pad(t.decay, [(0, 0)] * 3 + [(0, C - t.decay.shape[-1])]).astype(jnp.float32)
+    return (rows(t.a).astype(jnp.float32), rows(t.b).astype(jnp.float32), rows(decay), flat(t.qb), flat(t.attn),
+            flat(t.u), flat(t.y), flat(t.z), flat(t.kg), flat(t.kr))
+
+
+def _wy_from_kernels(local, qb, kt, p, v, chunk):
+    """(a, b, decay, qb, attn, u, y, z, kg, kr) as `_xla_local` from `chunk_local`'s outputs: U = T V,
+    Y = T diag(d) P, Z = T diag(e) P, Kg = diag(Gamma_L) Kt, Kr = diag(rho) Kt, in float64 (numpy)."""
+    B, Tp, HV, _ = kt.shape
+    rows = lambda x: np.moveaxis(np.asarray(x, np.float64).reshape(B, Tp // chunk, chunk, HV, -1), 3, 1).reshape(  # noqa: E731
+        B * HV, Tp // chunk, chunk, -1)
+    qb, kt, p, v = (rows(x) for x in (qb, kt, p, v))
+    t = np.asarray(local.t, np.float64)
+    vec = {name: np.asarray(local.vecs[:, :, i], np.float64)[..., None] for i, name in enumerate(VECS)}
+    return (vec["a"][..., 0], vec["b"][..., 0], local.decay, qb, local.attn, t @ v, t @ (vec["d"] * p),
+            t @ (vec["e"] * p), vec["g_last"] * kt, vec["rho"] * kt)
+
+
 def _check_local(args, C, dtype, tol, interpret):
     ref = jax.jit(functools.partial(_xla_local, chunk=C, op_dtype=dtype))(*args)
-    out = jax.jit(functools.partial(chunk_local, chunk=C, op_dtype=dtype, interpret=interpret))(*args)
-    for name, o, r in zip(LOCAL_NAMES, out, ref, strict=True):
-        assert o.shape == r.shape and o.dtype == r.dtype, name
+    qb, kt, p, v, la, lm, beta = (x.astype(dtype) if x.ndim == 4 else x for x in args)
+    local = jax.jit(functools.partial(chunk_local, chunk=C, op_dtype=dtype, interpret=interpret))(qb, kt, p, la, lm,
+                                                                                                   beta)
+    assert local.t.dtype == local.attn.dtype == dtype and local.vecs.dtype == local.decay.dtype == jnp.float32
+    for name, o, r in zip(LOCAL_NAMES, _wy_from_kernels(local, qb, kt, p, v, C), ref, strict=True):
+        assert o.shape == r.shape, name
         err = rel(o, r)
         assert err < tol, f"{name}: rel err {err:.2e} >= {tol}"
 
@@ -221,10 +252,10 @@ def test_local_stage_vjp_matches_autodiff_of_xla_stage(gates):
     args = tuple(x.astype(jnp.float64) for x in _local_inputs(7, 1, 128, 2, 32, 64, gates))
     C, f64 = 32, jnp.float64
     ref_out, ref_vjp = jax.vjp(functools.partial(_xla_local, chunk=C, op_dtype=f64), *args)
-    out, saved = chunk_local(*args, chunk=C, op_dtype=f64, interpret=True, with_t=True)
+    local = chunk_local(*args[:3], *args[4:], chunk=C, op_dtype=f64, interpret=True)
     rng = np.random.default_rng(1)
     cot = tuple(jnp.asarray(rng.standard_normal(o.shape), o.dtype) for o in ref_out)
-    got = local_stage_vjp(args + (saved.t,), cot, C, f64)
+    got = local_stage_vjp(args + (local.t,), cot, C, f64)
     for name, g, r in zip(("qb", "kt", "p", "v", "log_alpha", "log_mu", "beta"), got, ref_vjp(cot), strict=True):
         assert g.shape == r.shape, name
         assert np.all(np.isfinite(np.asarray(g))), name
@@ -235,12 +266,14 @@ def _check_local_vjp_kernel(args, C, dtype, tol, interpret, seed=2, **blocks):
     """local_stage_vjp_kernel (with the gate-VJP kernel, or XLA's gate autodiff if blocks has gate_kernel=False) ==
     local_stage_vjp (XLA products, coefficients recomputed by XLA) on random cotangents of every stage output."""
     args = tuple(x.astype(dtype) if x.ndim == 4 else x for x in args)
-    out, saved = chunk_local(*args, chunk=C, op_dtype=dtype, interpret=interpret, with_t=True)
+    local, saved = chunk_local(*args[:3], *args[4:], chunk=C, op_dtype=dtype, interpret=interpret,
+                               with_residuals=True)
     rng = np.random.default_rng(seed)
-    cot = tuple(jnp.asarray(rng.standard_normal(o.shape), jnp.float32).astype(o.dtype) for o in out)
-    ref = jax.jit(functools.partial(local_stage_vjp, chunk=C, op_dtype=dtype))(args + (saved.t,), cot)
+    shapes = jax.eval_shape(functools.partial(_xla_local, chunk=C, op_dtype=dtype), *args)
+    cot = tuple(jnp.asarray(rng.standard_normal(o.shape), jnp.float32).astype(o.dtype) for o in shapes)
+    ref = jax.jit(functools.partial(local_stage_vjp, chunk=C, op_dtype=dtype))(args + (local.t,), cot)
     got = jax.jit(functools.partial(local_stage_vjp_kernel, chunk=C, op_dtype=dtype, interpret=interpret,
-                                    **blocks))(args + (saved,), cot)
+                                    **blocks))(args + (local, saved), cot)
     for name, g, r in zip(("qb", "kt", "p", "v", "log_alpha", "log_mu", "beta"), got, ref, strict=True):
         assert g.shape == r.shape and g.dtype == r.dtype, (name, g.shape, r.shape, g.dtype, r.dtype)
         err = rel(g, r)
@@ -274,10 +307,12 @@ def test_interpret_gate_vjp_kernel_matches_autodiff(C, gates):
         assert x.shape == r.shape and x.dtype == r.dtype, name
         assert rel(x, r) < 1e-12, f"{name}: {rel(x, r):.2e}"
     q = jnp.ones(la.shape + (16,), jnp.float64)
-    _, saved = chunk_local(q, q, q, q, la, lm, beta, chunk=C, op_dtype=jnp.float64, interpret=True, with_t=True)
-    _, _, _, gamma, gamma_down, rho, d, e = coeffs
+    local, saved = chunk_local(q, q, q, la, lm, beta, chunk=C, op_dtype=jnp.float64, interpret=True,
+                               with_residuals=True)
+    a, b, _, gamma, gamma_down, rho, d, e = coeffs
+    vecs = jnp.stack([a, b, d, e, gamma[..., -1, :], rho], 2)
     for name, x, r in (("gamma", saved.gamma, gamma), ("gamma_down", saved.gamma_down, gamma_down),
-                       ("d, e, rho", saved.vecs, jnp.stack([d, e, rho], 2))):
+                       (", ".join(VECS), local.vecs, vecs)):
         assert rel(x, r) < 1e-12, name
 
 
@@ -318,7 +353,7 @@ def _grads_inputs(seed, B, HV, NC, C, K, V, dtype):
     rng = np.random.default_rng(seed)
     f = lambda *s, dt=dtype: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dt)  # noqa: E731
     BH = B * HV
-    return (f(BH, NC, C, dt=jnp.float32), f(BH, NC, C, dt=jnp.float32), f(BH, NC, C, K), f(B, NC * C, HV, V),
+    return (f(BH, NC, C, dt=jnp.float32), f(BH, NC, C, dt=jnp.float32), f(B, NC * C, HV, K), f(B, NC * C, HV, V),
             f(BH, NC, C, V), f(BH, NC, C, V), f(BH, NC, K, V), f(BH, NC, K, V), f(BH, NC, K, V), f(BH, NC, K, V))
 
 

@@ -53,7 +53,7 @@ def _grads_kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_
     g_s, g_m, g_y, g_z, g_g, g_r, g_a, d_s, d_sm, d_m = lax.fori_loop(
         0, V // block_v, body, (tile,) * 6 + (jnp.zeros((C, C), acc),) + (zero,) * 3)
     a, b = a_ref[bh, c][:, None], b_ref[bh, c][:, None]
-    qb = qb_ref[bh, c, :, ks].astype(acc)
+    qb = qb_ref[row, pl.ds(c * C, C), head, ks].astype(acc)
     dqb_ref[bh, c, :, ks] = (a * g_s - b * g_m).astype(dqb_ref.dtype)
     dy_ref[bh, c, :, ks] = (-g_y).astype(dy_ref.dtype)
     dz_ref[bh, c, :, ks] = g_z.astype(dz_ref.dtype)
@@ -72,7 +72,8 @@ def pass_cotangents(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads,
                     num_warps=8):
     """Cotangents of (a, b, qb, attn, y, z, kg, kr, decay[:3]) of the sequential pass, in one Pallas kernel.
 
-    a, b: [BH, NC, C] float32; qb: [BH, NC, C, K]; do: [B, NC * C, HV, V] (the op's layout); dn, n: [BH, NC, C, V];
+    a, b: [BH, NC, C] float32; qb: [B, NC * C, HV, K] and do: [B, NC * C, HV, V] (the op's layout); dn, n:
+    [BH, NC, C, V];
     s_start, m_start, ls, lm: [BH, NC, K, V] (operand dtype). Returns (da, db) [BH, NC, C] float32, (dqb, dy, dz,
     dkg, dkr) [BH, NC, C, K] and dattn [BH, NC, C, C] in the operand dtype, ddecay [BH, NC, 3] float32.
     """
@@ -97,7 +98,9 @@ def pass_cotangents_xla(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_he
     """`pass_cotangents` in batched XLA products (same arguments and results)."""
     BH, NC, C, V = n.shape
     acc = jnp.float64 if n.dtype == jnp.float64 else jnp.float32
-    do = jnp.moveaxis(do.reshape(BH // num_heads, NC, C, num_heads, V), 3, 1).reshape(BH, NC, C, V)
+    rows = lambda x: jnp.moveaxis(x.reshape(BH // num_heads, NC, C, num_heads, -1), 3, 1).reshape(  # noqa: E731
+        BH, NC, C, -1)
+    do, qb = rows(do), rows(qb)
     mm = functools.partial(jnp.einsum, precision="highest", preferred_element_type=acc)
     g_s = mm("bncv,bnkv->bnck", do, s_start)
     g_m = mm("bncv,bnkv->bnck", do, m_start)

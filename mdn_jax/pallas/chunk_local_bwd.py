@@ -10,9 +10,10 @@ layout directly (no transposes) and loops over blocks of K and V:
     K loop:  dQb = gQb + (dattn o Gamma) Kt,  dP = d o T^T dY + e o T^T dZ + (dW o Gamma_down) Kt,
              dKt = (dattn o Gamma)^T Qb + dKg o Gamma_L + dKr o rho + (dW o Gamma_down)^T P
 
-The gate coefficients (Gamma, Gamma_down, rho, d, e) are the forward's (`chunk_local.LocalResiduals`); the VJP
-of their map from the gates is the kernel of `mdn_jax.pallas.gate_vjp`. The default VJP of the chunk-local stage
-(`tuning`: `MDN_LOCAL_VJP_KERNEL=0` selects the XLA products instead); S400 on an H200: fwd+bwd 5.19 ms vs 5.67.
+The gate coefficients (Gamma, Gamma_down; rho, d, e) are the forward's (`chunk_local.LocalResiduals`,
+`chunk_local.LocalOutputs`); the VJP of their map from the gates is the kernel of `mdn_jax.pallas.gate_vjp`. The
+default VJP of the chunk-local stage (`tuning`: `MDN_LOCAL_VJP_KERNEL=0` selects the XLA products instead); S400 on
+an H200: fwd+bwd 5.19 ms vs 5.67.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.pallas import common, tuning
+from mdn_jax.pallas.chunk_local import VECS
 from mdn_jax.pallas.gate_vjp import gate_vjp
 from mdn_jax.pallas.local_vjp import coefficients_with_vjp
 
@@ -45,7 +47,7 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref,
         return common.dot_t(x.astype(op), y.astype(op), precision, acc)
 
     t = t_ref[bh, c]
-    d, e, rho = (vec_ref[bh, c, i][:, None] for i in range(3))  # [C, 1] each
+    d, e, rho = (vec_ref[bh, c, VECS.index(name)][:, None] for name in ("d", "e", "rho"))  # [C, 1] each
     k_blocks = lambda body, init: lax.fori_loop(0, K // block_k, body, init)  # noqa: E731
 
     def v_step(j, g_t):
@@ -105,9 +107,9 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
     in the kernel of `gate_vjp` (gate_kernel=False: XLA's autodiff of `local_vjp.coefficients`).
 
     res: (qb, kt, p, v) [B, Tp, HV, .], (log_alpha, log_mu, beta) [B, Tp, HV] and the stage's
-    `chunk_local.LocalResiduals`; cot and the results as `local_stage_vjp`.
+    `chunk_local.LocalOutputs` and `chunk_local.LocalResiduals`; cot and the results as `local_stage_vjp`.
     """
-    qb_in, kt_in, p_in, v_in, log_alpha, log_mu, beta, saved = res
+    qb_in, kt_in, p_in, v_in, log_alpha, log_mu, beta, local, saved = res
     ga, gb, gdecay, gqb, gattn, gu, gy, gz, gkg, gkr = cot
     B, Tp, HV, K = qb_in.shape
     V = v_in.shape[-1]
@@ -120,8 +122,8 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
     out_shape = (like(qb_in), like(kt_in), like(p_in), like(v_in), jax.ShapeDtypeStruct((BH, NC, C, C), acc),
                  jax.ShapeDtypeStruct((BH, NC, C, C), acc), jax.ShapeDtypeStruct((BH, NC, 3, C), acc))
     dqb, dkt, dp, dv, g_gamma, g_gamma_down, g_vec = common.call(
-        kernel, (BH, NC), out_shape, interpret, num_warps, qb_in, kt_in, p_in, v_in, saved.t.astype(op_dtype),
-        saved.gamma.astype(acc), saved.gamma_down.astype(acc), saved.vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr,
+        kernel, (BH, NC), out_shape, interpret, num_warps, qb_in, kt_in, p_in, v_in, local.t.astype(op_dtype),
+        saved.gamma.astype(acc), saved.gamma_down.astype(acc), local.vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr,
         gqb, stages=tuning.num_stages("local_vjp", K, op_dtype))
     if gate_kernel:
         g_gates = gate_vjp(log_alpha, log_mu, beta, g_gamma, g_gamma_down, g_vec, ga, gb, gdecay, op_dtype=op_dtype,

@@ -6,9 +6,7 @@ differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-
 `MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel of `chunk_grads`),
 `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_VJP_WARPS` (the kernel of `chunk_local_bwd`),
 `MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
-`MDN_LOCAL_KERNEL=0` computes the chunk-local stage in XLA instead of the Pallas kernels,
-`MDN_INFER_PASS=0` the forward without differentiation as the differentiable composition's primal (WY kernel and
-Kg, Kr) instead of `chunk_pass.chunk_pass_infer`, `MDN_GRADS_KERNEL=0` the pass cotangents in XLA,
+`MDN_GRADS_KERNEL=0` computes the pass cotangents in XLA,
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
 side-by-side measurement).
@@ -121,15 +119,3 @@ def gate_vjp_warps() -> int:
     each at 4 warps, 16 at 8. S400 fwd+bwd on an H200 (e1036fa): 4.19 ms with 8 warps, 4.79 with 4 (the kernel
     alone 0.99 ms per call at 4), 4.20 with XLA's autodiff instead of the kernel."""
     return _env("MDN_GATE_VJP_WARPS", 8)
-
-
-def use_local_kernel() -> bool:
-    """Whether the chunk-local stage runs as Pallas kernels with the VJP from their saved T (env MDN_LOCAL_KERNEL,
-    default 1), instead of XLA and its autodiff."""
-    return os.environ.get("MDN_LOCAL_KERNEL", "1") != "0"
-
-
-def use_infer_pass() -> bool:
-    """Whether the forward without differentiation runs `chunk_local_infer` + `chunk_pass_infer` (env
-    MDN_INFER_PASS, default 1), instead of the differentiable composition's primal (WY kernel, Kg, Kr)."""
-    return os.environ.get("MDN_INFER_PASS", "1") != "0"
