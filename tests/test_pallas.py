@@ -316,10 +316,11 @@ def test_interpret_gate_vjp_kernel_matches_autodiff(C, gates):
         assert rel(x, r) < 1e-12, name
 
 
-def _grads_with_local_vjp_products(monkeypatch, inputs, init):
-    """grads('pallas', ...) with MDN_LOCAL_VJP_KERNEL=0 (the chunk-local VJP as XLA products instead of the
-    default kernel): read while tracing, so trace anew and leave no traces with it behind."""
-    monkeypatch.setenv("MDN_LOCAL_VJP_KERNEL", "0")
+def _grads_with_env(monkeypatch, env, inputs, init):
+    """grads('pallas', ...) with an environment switch of `mdn_jax.pallas.tuning` set (e.g. MDN_LOCAL_VJP_KERNEL=0:
+    the chunk-local VJP as XLA products): read while tracing, so trace anew and leave no traces with it behind."""
+    name, value = env.split("=")
+    monkeypatch.setenv(name, value)
     _op.cache_clear()
     try:
         return grads("pallas", inputs, init)
@@ -327,12 +328,14 @@ def _grads_with_local_vjp_products(monkeypatch, inputs, init):
         _op.cache_clear()
 
 
-def test_interpret_grads_with_local_vjp_products(monkeypatch):
-    """The op's gradients through the XLA-product chunk-local VJP (MDN_LOCAL_VJP_KERNEL=0) == 'xla'."""
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_REVERSE_YZ=1"])
+def test_interpret_grads_with_env_switches(monkeypatch, env):
+    """The op's gradients through the XLA-product chunk-local VJP and through the reverse sweep's Y, Z form ==
+    'xla'."""
     inputs, init = make_inputs(17, B=2, T=130, H=2, K=32, V=32)
     g_ref = grads("xla", inputs, init)
-    g = _grads_with_local_vjp_products(monkeypatch, inputs, init)
-    assert_grads_close(g, g_ref, 1e-4, "local VJP products")
+    g = _grads_with_env(monkeypatch, env, inputs, init)
+    assert_grads_close(g, g_ref, 1e-4, env)
 
 
 def test_interpret_local_vjp_kernel_bf16_operands():
@@ -423,13 +426,15 @@ def test_gpu_forward_and_grads(dtype, tol, T, K, V):
 
 
 @gpu
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_REVERSE_YZ=1"])
 @pytest.mark.parametrize("dtype,tol,T,K,V", [GPU_CASES[1], GPU_CASES[2], GPU_CASES[4]])
-def test_gpu_forward_and_grads_local_vjp_products(monkeypatch, dtype, tol, T, K, V):
-    """The op's gradients with MDN_LOCAL_VJP_KERNEL=0 (XLA products) against the fp32 reference."""
+def test_gpu_forward_and_grads_env_switches(monkeypatch, env, dtype, tol, T, K, V):
+    """The op's gradients with the XLA-product chunk-local VJP or the reverse sweep's Y, Z form against the fp32
+    reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
     g_ref = grads("xla", ref_inputs, init)
-    g = _grads_with_local_vjp_products(monkeypatch, inputs, init)
-    assert_grads_close(g, g_ref, 2 * tol, f"{dtype.__name__} T={T} K={K} V={V}")
+    g = _grads_with_env(monkeypatch, env, inputs, init)
+    assert_grads_close(g, g_ref, 2 * tol, f"{env} {dtype.__name__} T={T} K={K} V={V}")
 
 
 @gpu

@@ -8,8 +8,9 @@ differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-
 `MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
 `MDN_GRADS_KERNEL=0` computes the pass cotangents in XLA,
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
-`MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
-side-by-side measurement).
+`MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp`,
+`MDN_REVERSE_YZ=1` the reverse sweep from Y, Z formed before it (see `use_reverse_yz`) (for side-by-side
+measurement).
 """
 
 from __future__ import annotations
@@ -119,3 +120,9 @@ def gate_vjp_warps() -> int:
     each at 4 warps, 16 at 8. S400 fwd+bwd on an H200 (e1036fa): 4.19 ms with 8 warps, 4.79 with 4 (the kernel
     alone 0.99 ms per call at 4), 4.20 with XLA's autodiff instead of the kernel."""
     return _env("MDN_GATE_VJP_WARPS", 8)
+
+
+def use_reverse_yz() -> bool:
+    """Whether the reverse sweep reads Y = T diag(d) P and Z = T diag(e) P formed before it (env MDN_REVERSE_YZ,
+    default 0) instead of applying T and P itself (`chunk_pass`); for side-by-side measurement."""
+    return os.environ.get("MDN_REVERSE_YZ", "0") != "0"
