@@ -1,7 +1,8 @@
 """VJP of the chunk-local stage (spec 4.2, B3-B4) from the saved T = (I + W)^-1, in XLA.
 
-The forward runs as the Pallas kernels of `mdn_jax.pallas.chunk_local`; this backward is batched products over
-chunks plus the autodiff of the small gate-coefficient map (recipe F, `mdn_jax.ops.chunked.chunk_coeffs`).
+The forward runs as the Pallas kernels of `mdn_jax.pallas.chunk_local` (the WY products applied inside the
+passes); this backward is batched products over chunks plus the autodiff of the small gate-coefficient map
+(recipe F, `mdn_jax.ops.chunked.chunk_coeffs`).
 Residual policy: the inputs in the operand dtype and T (operand dtype) are saved; the coefficients, W and
 P Kt^T are recomputed. dW = -(T^T dT T^T) replaces differentiating through the inverse.
 """
@@ -55,7 +56,8 @@ def local_stage_vjp(res, cot, chunk, op_dtype):
     """Cotangents of (qb, kt, p, v, log_alpha, log_mu, beta) of the chunk-local stage.
 
     res: (qb, kt, p, v) [B, Tp, HV, .] in op_dtype, (log_alpha, log_mu, beta) [B, Tp, HV], t [B*HV, NC, C, C].
-    cot: cotangents of (a, b, decay, qb, attn, u, y, z, kg, kr) in the layouts of `chunk_local`'s outputs.
+    cot: cotangents of (a, b, decay) [B*HV, NC, C] and (qb, attn, u, y, z, kg, kr) [B*HV, NC, C, .], as
+    `chunk_pass.pass_backward` returns them.
     """
     qb_in, kt_in, p_in, v_in, log_alpha, log_mu, beta, t = res
     ga, gb, gdecay, gqb, gattn, gu, gy, gz, gkg, gkr = cot
