@@ -4,7 +4,8 @@
 # Env: STAGES (1: time the stages), PROFILE (1: device time per kernel of the S400 forward; PROFILE_ARGS=--backward for forward+backward), VARIANTS (bench_ops --variants: ';'-separated env assignments, forward only; VARIANTS_CASES: the cases, default S400),
 # TESTS (0: skip the GPU tests), TEST_TIMEOUT, TEST_K (pytest -k), TEST_ARGS (e.g. -n 3: compile in parallel processes), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
 # BENCH (0: skip the op benchmark), BENCH_TIMEOUT, VARIANTS_BWD (1: time the variants forward+backward too), AUTHORS_ROOT (the authors' flash-linear-attention
-# folder: their kernels timed by bench_authors.py, AUTHORS_ARGS, AUTHORS_TIMEOUT). Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
+# folder: their kernels timed by bench_authors.py, AUTHORS_ARGS, AUTHORS_TIMEOUT; Triton's compile cache of their kernels comes
+# back as triton_authors.tgz: unpack it into .triton_authors (git-ignored) and carry that folder to skip the compiles). Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 source experiments/gpu_setup.sh
 if [ "${STAGES:-1}" = 1 ]; then
@@ -28,9 +29,13 @@ fi
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
 [ -n "$fla_pid" ] && { wait $fla_pid; grep -E "parity|PASS|FAIL|passed|failed" "$OUT/fla.log" | tail -4; }
 if [ -n "${AUTHORS_ROOT:-}" ]; then
+  # Their Triton kernels compile every autotuning config on a fresh machine (minutes): keep Triton's compile cache
+  # in .triton_authors when it was carried (made from a previous call's triton_authors.tgz), and send it back.
+  cache=/tmp/triton_authors; [ -d .triton_authors ] && cache=$PWD/.triton_authors
   # shellcheck disable=SC2086
-  timeout ${AUTHORS_TIMEOUT:-180} python3 experiments/bench_authors.py --fla-root "$AUTHORS_ROOT" --out "$OUT" ${AUTHORS_ARGS:-} 2>&1 \
-    | grep -vi warning | tee "$OUT/authors.log" | tail -8
+  TRITON_CACHE_DIR=$cache timeout ${AUTHORS_TIMEOUT:-180} python3 experiments/bench_authors.py --fla-root "$AUTHORS_ROOT" \
+    --out "$OUT" ${AUTHORS_ARGS:-} 2>&1 | grep -vi warning | tee "$OUT/authors.log" | tail -8
+  [ -d "$cache" ] && tar czf "$OUT/triton_authors.tgz" -C "$cache" . && du -h "$OUT/triton_authors.tgz"
 fi
 [ "${BENCH:-1}" = 1 ] && timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
   | tee "$OUT/bench.log" | tail -12
