@@ -103,11 +103,10 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref
     lax.fori_loop(0, num_chunks, body, (zeros, zeros))
 
 
-def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, attn_ref, qb_ref, kt_ref, x_ref, y_ref, do_ref, gfs_ref,
-                gfm_ref, ls_ref, lm_ref, dn_ref, ds0_ref, dm0_ref, *, num_chunks, num_heads, block_v, num_states,
-                precision, form):
-    """form "t": (x_ref, y_ref) = (T, P) and Y^T dN = P^T diag(d) T^T dN; form "yz": (x_ref, y_ref) = (Y, Z),
-    read as they are."""
+def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, attn_ref, qb_ref, kt_ref, t_or_y_ref, p_or_z_ref, do_ref,
+                gfs_ref, gfm_ref, ls_ref, lm_ref, dn_ref, ds0_ref, dm0_ref, *, num_chunks, num_heads, block_v,
+                num_states, precision, form):
+    """form "t": T and P, with Y^T dN = P^T diag(d) T^T dN; form "yz": Y and Z, read as they are."""
     bh = pl.program_id(0)
     vs = pl.ds(pl.program_id(1) * block_v, block_v)
     row, head = bh // num_heads, bh % num_heads
@@ -132,11 +131,11 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, attn_ref, qb_ref, kt_re
         dn_ref[bh, c, :, vs] = dn.astype(dn_ref.dtype)
         dnd = dn.astype(op_dtype)
         if form == "yz":
-            y_dn = dot(x_ref[bh, c], dnd, trans_a=True)
-            z_dn = dot(y_ref[bh, c], dnd, trans_a=True)
+            y_dn = dot(t_or_y_ref[bh, c], dnd, trans_a=True)
+            z_dn = dot(p_or_z_ref[bh, c], dnd, trans_a=True)
         else:
-            w = dot(x_ref[bh, c], dnd, trans_a=True)
-            p = y_ref[row, ts, head, :]
+            w = dot(t_or_y_ref[bh, c], dnd, trans_a=True)
+            p = p_or_z_ref[row, ts, head, :]
             y_dn = dot(p, (x["d"] * w).astype(op_dtype), trans_a=True)
             z_dn = dot(p, (x["e"] * w).astype(op_dtype), trans_a=True)
         qb = qb_ref[row, ts, head, :]
