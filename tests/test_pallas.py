@@ -21,7 +21,7 @@ from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import VECS, chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.gate_vjp import gate_vjp
-from mdn_jax.pallas.local_vjp import coefficients_with_vjp, local_stage_vjp
+from mdn_jax.pallas.local_vjp import coefficients_with_vjp, local_stage_vjp, to_rows
 
 ON_GPU = jax.default_backend() == "gpu"
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
@@ -217,10 +217,7 @@ def _xla_local(qb, kt, p, v, log_alpha, log_mu, beta, chunk, op_dtype):
 def _wy_from_kernels(local, qb, kt, p, v, chunk):
     """(a, b, decay, qb, attn, u, y, z, kg, kr) as `_xla_local` from `chunk_local`'s outputs: U = T V,
     Y = T diag(d) P, Z = T diag(e) P, Kg = diag(Gamma_L) Kt, Kr = diag(rho) Kt, in float64 (numpy)."""
-    B, Tp, HV, _ = kt.shape
-    rows = lambda x: np.moveaxis(np.asarray(x, np.float64).reshape(B, Tp // chunk, chunk, HV, -1), 3, 1).reshape(  # noqa: E731
-        B * HV, Tp // chunk, chunk, -1)
-    qb, kt, p, v = (rows(x) for x in (qb, kt, p, v))
+    qb, kt, p, v = (np.asarray(to_rows(x, chunk), np.float64) for x in (qb, kt, p, v))
     t = np.asarray(local.t, np.float64)
     vec = {name: np.asarray(local.vecs[:, :, i], np.float64)[..., None] for i, name in enumerate(VECS)}
     return (vec["a"][..., 0], vec["b"][..., 0], local.decay, qb, local.attn, t @ v, t @ (vec["d"] * p),

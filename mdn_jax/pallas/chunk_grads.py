@@ -24,6 +24,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.pallas import common, tuning
+from mdn_jax.pallas.local_vjp import to_rows
 
 
 def _grads_kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, lm_ref,
@@ -98,9 +99,7 @@ def pass_cotangents_xla(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_he
     """`pass_cotangents` in batched XLA products (same arguments and results)."""
     BH, NC, C, V = n.shape
     acc = jnp.float64 if n.dtype == jnp.float64 else jnp.float32
-    rows = lambda x: jnp.moveaxis(x.reshape(BH // num_heads, NC, C, num_heads, -1), 3, 1).reshape(  # noqa: E731
-        BH, NC, C, -1)
-    do, qb = rows(do), rows(qb)
+    do, qb = to_rows(do, C), to_rows(qb, C)
     mm = functools.partial(jnp.einsum, precision="highest", preferred_element_type=acc)
     g_s = mm("bncv,bnkv->bnck", do, s_start)
     g_m = mm("bncv,bnkv->bnck", do, m_start)

@@ -32,6 +32,11 @@ _BLOCK = 16  # diagonal block of the triangular solve
 VECS = ("a", "b", "d", "e", "g_last", "rho")  # the rows of `LocalOutputs.vecs`
 
 
+def vec_columns(vec_ref, bh, c):
+    """Chunk c's [C] vectors of `LocalOutputs.vecs` (in a kernel) as columns [C, 1], by name (`VECS`)."""
+    return {name: vec_ref[bh, c, i][:, None] for i, name in enumerate(VECS)}
+
+
 class LocalOutputs(NamedTuple):
     """The chunk-local stage's outputs, [B*HV, NC, ...] per chunk."""
 
@@ -104,7 +109,8 @@ def _yz_kernel(t_ref, vec_ref, p_ref, y_ref, z_ref, *, chunk, num_heads, block, 
     op_dtype, acc = t_ref.dtype, vec_ref.dtype
     dot = functools.partial(common.dot, precision=precision, acc=acc)
     t = t_ref[bh, c]
-    d, e = (vec_ref[bh, c, VECS.index(name)][:, None] for name in ("d", "e"))
+    x = vec_columns(vec_ref, bh, c)
+    d, e = x["d"], x["e"]
     for k0 in range(0, y_ref.shape[-1], block):
         ks = pl.ds(k0, block)
         p = p_ref[row, ts, head, ks].astype(acc)

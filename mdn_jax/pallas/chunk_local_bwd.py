@@ -26,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.pallas import common, tuning
-from mdn_jax.pallas.chunk_local import VECS
+from mdn_jax.pallas.chunk_local import vec_columns
 from mdn_jax.pallas.gate_vjp import gate_vjp
 from mdn_jax.pallas.local_vjp import coefficients_with_vjp
 
@@ -47,7 +47,8 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref,
         return common.dot_t(x.astype(op), y.astype(op), precision, acc)
 
     t = t_ref[bh, c]
-    d, e, rho = (vec_ref[bh, c, VECS.index(name)][:, None] for name in ("d", "e", "rho"))  # [C, 1] each
+    x = vec_columns(vec_ref, bh, c)
+    d, e, rho = x["d"], x["e"], x["rho"]  # [C, 1] each
     k_blocks = lambda body, init: lax.fori_loop(0, K // block_k, body, init)  # noqa: E731
 
     def v_step(j, g_t):

@@ -38,7 +38,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.pallas import chunk_grads, common, tuning
-from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, yz_products
+from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, vec_columns, yz_products
 
 
 class PassResiduals(NamedTuple):
@@ -51,11 +51,6 @@ class PassResiduals(NamedTuple):
 
 def _load_start(idx, table_ref, head, vs, acc, carry):
     return lax.cond(idx >= 0, lambda: table_ref[idx, head, :, vs].astype(acc), lambda: carry)
-
-
-def _vecs(vec_ref, bh, c):
-    """The chunk's [C] vectors as columns [C, 1], by name (`chunk_local.VECS`)."""
-    return {name: vec_ref[bh, c, i][:, None] for i, name in enumerate(VECS)}
 
 
 def _fwd_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref,
@@ -73,7 +68,7 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref
         M = _load_start(idx, m0_ref, head, vs, acc, carry[1])
         Sd, Md = S.astype(op_dtype), M.astype(op_dtype)
         ts = pl.ds(c * chunk, chunk)
-        x = _vecs(vec_ref, bh, c)
+        x = vec_columns(vec_ref, bh, c)
         p = p_ref[row, ts, head, :]
         r = v_ref[row, ts, head, vs].astype(acc) - x["d"] * dot(p, Sd) + x["e"] * dot(p, Md)
         n = dot(t_ref[bh, c], r.astype(op_dtype))
@@ -123,7 +118,7 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, attn_ref, qb_ref, kt_re
         ls_ref[bh, c, :, vs] = lSd.astype(ls_ref.dtype)
         lm_ref[bh, c, :, vs] = lMd.astype(lm_ref.dtype)
         ts = pl.ds(c * chunk, chunk)
-        x = _vecs(vec_ref, bh, c)
+        x = vec_columns(vec_ref, bh, c)
         do = do_ref[row, ts, head, vs].astype(acc)
         kt = kt_ref[row, ts, head, :]
         dn = (dot(attn_ref[bh, c], do.astype(op_dtype), trans_a=True) + x["g_last"] * dot(kt, lSd)
