@@ -313,26 +313,27 @@ def test_interpret_gate_vjp_kernel_matches_autodiff(C, gates):
         assert rel(x, r) < 1e-12, name
 
 
-def _grads_with_env(monkeypatch, env, inputs, init):
-    """grads('pallas', ...) with an environment switch of `mdn_jax.pallas.tuning` set (e.g. MDN_LOCAL_VJP_KERNEL=0:
-    the chunk-local VJP as XLA products): read while tracing, so trace anew and leave no traces with it behind."""
+def _run_and_grads_with_env(monkeypatch, env, inputs, init):
+    """run and grads('pallas', ...) with an environment switch of `mdn_jax.pallas.tuning` set (e.g.
+    MDN_LOCAL_VJP_KERNEL=0: the chunk-local VJP as XLA products): read while tracing, so trace anew and leave no
+    traces with it behind."""
     name, value = env.split("=")
     monkeypatch.setenv(name, value)
     _op.cache_clear()
     try:
-        return grads("pallas", inputs, init)
+        return run("pallas", inputs, init), grads("pallas", inputs, init)
     finally:
         _op.cache_clear()
 
 
-@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_REVERSE_YZ=1"])
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_SEG_PRODUCTS=1"])
 def test_interpret_grads_with_env_switches(monkeypatch, env):
-    """The op's gradients through the XLA-product chunk-local VJP and through the reverse sweep's Y, Z form ==
-    'xla'."""
+    """The op's outputs and gradients through the XLA-product chunk-local VJP and with the gates' masked sums as
+    products == 'xla'."""
     inputs, init = make_inputs(17, B=2, T=130, H=2, K=32, V=32)
-    g_ref = grads("xla", inputs, init)
-    g = _grads_with_env(monkeypatch, env, inputs, init)
-    assert_grads_close(g, g_ref, 1e-4, env)
+    out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)
+    assert_close(out, run("xla", inputs, init), 1e-4, env)
+    assert_grads_close(g, grads("xla", inputs, init), 1e-4, env)
 
 
 def test_interpret_local_vjp_kernel_bf16_operands():
@@ -423,15 +424,16 @@ def test_gpu_forward_and_grads(dtype, tol, T, K, V):
 
 
 @gpu
-@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_REVERSE_YZ=1"])
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_SEG_PRODUCTS=1"])
 @pytest.mark.parametrize("dtype,tol,T,K,V", [GPU_CASES[1], GPU_CASES[2], GPU_CASES[4]])
 def test_gpu_forward_and_grads_env_switches(monkeypatch, env, dtype, tol, T, K, V):
-    """The op's gradients with the XLA-product chunk-local VJP or the reverse sweep's Y, Z form against the fp32
-    reference."""
+    """The op's outputs and gradients with the XLA-product chunk-local VJP or the gates' masked sums as products
+    against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
-    g_ref = grads("xla", ref_inputs, init)
-    g = _grads_with_env(monkeypatch, env, inputs, init)
-    assert_grads_close(g, g_ref, 2 * tol, f"{env} {dtype.__name__} T={T} K={K} V={V}")
+    what = f"{env} {dtype.__name__} T={T} K={K} V={V}"
+    out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)
+    assert_close(out, run("xla", ref_inputs, init), tol, what)
+    assert_grads_close(g, grads("xla", ref_inputs, init), 2 * tol, what)
 
 
 @gpu

@@ -11,9 +11,8 @@ chunked delta-rule forward):
 
 The WY products U = T V, Y = T diag(d) P, Z = T diag(e) P and Kg = diag(Gamma_L) Kt, Kr = diag(rho) Kt are not
 formed: the sequential pass (`mdn_jax.pallas.chunk_pass`) applies T, d, e, Gamma_L and rho to P, V and Kt
-itself (`yz_products` forms Y and Z for the reverse sweep's `MDN_REVERSE_YZ` form). Inputs stay in the op's
-[B, Tp, HV, ...] layout (no transposes). Under differentiation the coefficient kernel also writes Gamma and
-Gamma_down for the backward (`LocalResiduals`).
+itself. Inputs stay in the op's [B, Tp, HV, ...] layout (no transposes). Under differentiation the coefficient
+kernel also writes Gamma and Gamma_down for the backward (`LocalResiduals`).
 """
 
 from __future__ import annotations
@@ -100,34 +99,6 @@ def _solve_kernel(w_ref, t_ref, *, chunk, gate_precision):
         for j in range(nb):
             x = inv[i, j] if j <= i else jnp.zeros((n, n), acc)
             t_ref[bh, c, pl.ds(i * n, n), pl.ds(j * n, n)] = x.astype(t_ref.dtype)
-
-
-def _yz_kernel(t_ref, vec_ref, p_ref, y_ref, z_ref, *, chunk, num_heads, block, precision):
-    bh, c = pl.program_id(0), pl.program_id(1)
-    row, head = bh // num_heads, bh % num_heads
-    ts = pl.ds(c * chunk, chunk)
-    op_dtype, acc = t_ref.dtype, vec_ref.dtype
-    dot = functools.partial(common.dot, precision=precision, acc=acc)
-    t = t_ref[bh, c]
-    x = vec_columns(vec_ref, bh, c)
-    d, e = x["d"], x["e"]
-    for k0 in range(0, y_ref.shape[-1], block):
-        ks = pl.ds(k0, block)
-        p = p_ref[row, ts, head, ks].astype(acc)
-        y_ref[bh, c, :, ks] = dot(t, (d * p).astype(op_dtype)).astype(y_ref.dtype)
-        z_ref[bh, c, :, ks] = dot(t, (e * p).astype(op_dtype)).astype(z_ref.dtype)
-
-
-def yz_products(local: LocalOutputs, p, *, interpret, num_warps=4):
-    """Y = T diag(d) P and Z = T diag(e) P per chunk, [B*HV, NC, C, K] in p's dtype, from the stage's outputs and
-    p [B, Tp, HV, K] (for the reverse sweep's `MDN_REVERSE_YZ` form, `chunk_pass.pass_backward`)."""
-    BH, NC, C = local.t.shape[:3]
-    HV, K = p.shape[2], p.shape[3]
-    kernel = functools.partial(_yz_kernel, chunk=C, num_heads=HV, block=min(64, K),
-                               precision=common.dot_precision(p.dtype, interpret))
-    shape = jax.ShapeDtypeStruct((BH, NC, C, K), p.dtype)
-    return common.call(kernel, (BH, NC), (shape, shape), interpret, num_warps, local.t, local.vecs, p,
-                       stages=tuning.num_stages("local", K, p.dtype))
 
 
 def chunk_local(qb, kt, p, log_alpha, log_mu, beta, *, chunk, op_dtype, interpret, num_warps=4,

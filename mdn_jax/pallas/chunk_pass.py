@@ -18,9 +18,6 @@ adjoint recurrence of spec 4.2 (B1)-(B2) with the output's contributions formed 
     lS  <- a_L lS + Qb^T diag(a) dO_c - P^T diag(d) W_c           (Y^T dN_c = P^T diag(d) W_c)
     lM  <- -b_L lS + m_L lM - Qb^T diag(b) dO_c + P^T diag(e) W_c
 
-(`MDN_REVERSE_YZ=1`: Y and Z formed once by `chunk_local.yz_products` before the sweep, which then reads them
-instead of T and P: one product fewer on the sweep's dependent chain, one more [C, K] tile per step.)
-
 Residual policy: the forward under differentiation saves the chunk-start states S_c, M_c and N_c (operand dtype:
 bf16 in training); the backward is one reverse sweep, then every cotangent of the pass's operands is a product of
 saved tensors, parallel over chunks (`mdn_jax.pallas.chunk_grads`), returned as the cotangents of (U, Y, Z, Kg,
@@ -38,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mdn_jax.pallas import chunk_grads, common, tuning
-from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, vec_columns, yz_products
+from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, vec_columns
 
 
 class PassResiduals(NamedTuple):
@@ -98,14 +95,13 @@ def _fwd_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref
     lax.fori_loop(0, num_chunks, body, (zeros, zeros))
 
 
-def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, attn_ref, qb_ref, kt_ref, t_or_y_ref, p_or_z_ref, do_ref,
-                gfs_ref, gfm_ref, ls_ref, lm_ref, dn_ref, ds0_ref, dm0_ref, *, num_chunks, num_heads, block_v,
-                num_states, precision, form):
-    """form "t": T and P, with Y^T dN = P^T diag(d) T^T dN; form "yz": Y and Z, read as they are."""
+def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref,
+                gfm_ref, ls_ref, lm_ref, dn_ref, ds0_ref, dm0_ref, *, num_chunks, num_heads, block_v, num_states,
+                precision):
     bh = pl.program_id(0)
     vs = pl.ds(pl.program_id(1) * block_v, block_v)
     row, head = bh // num_heads, bh % num_heads
-    chunk, K = attn_ref.shape[-1], kt_ref.shape[-1]
+    chunk, K = t_ref.shape[-1], kt_ref.shape[-1]
     op_dtype, acc = kt_ref.dtype, ds0_ref.dtype
     dot = functools.partial(common.dot, precision=precision, acc=acc)
 
@@ -124,19 +120,13 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, attn_ref, qb_ref, kt_re
         dn = (dot(attn_ref[bh, c], do.astype(op_dtype), trans_a=True) + x["g_last"] * dot(kt, lSd)
               - x["rho"] * dot(kt, lMd))
         dn_ref[bh, c, :, vs] = dn.astype(dn_ref.dtype)
-        dnd = dn.astype(op_dtype)
-        if form == "yz":
-            y_dn = dot(t_or_y_ref[bh, c], dnd, trans_a=True)
-            z_dn = dot(p_or_z_ref[bh, c], dnd, trans_a=True)
-        else:
-            w = dot(t_or_y_ref[bh, c], dnd, trans_a=True)
-            p = p_or_z_ref[row, ts, head, :]
-            y_dn = dot(p, (x["d"] * w).astype(op_dtype), trans_a=True)
-            z_dn = dot(p, (x["e"] * w).astype(op_dtype), trans_a=True)
-        qb = qb_ref[row, ts, head, :]
+        w = dot(t_ref[bh, c], dn.astype(op_dtype), trans_a=True)
+        qb, p = qb_ref[row, ts, head, :], p_ref[row, ts, head, :]
         a_l, b_l, m_l = decay_ref[bh, c, 0], decay_ref[bh, c, 1], decay_ref[bh, c, 2]
-        lS_prev = a_l * lS + dot(qb, (x["a"] * do).astype(op_dtype), trans_a=True) - y_dn
-        lM_prev = -b_l * lS + m_l * lM - dot(qb, (x["b"] * do).astype(op_dtype), trans_a=True) + z_dn
+        lS_prev = (a_l * lS + dot(qb, (x["a"] * do).astype(op_dtype), trans_a=True)
+                   - dot(p, (x["d"] * w).astype(op_dtype), trans_a=True))
+        lM_prev = (-b_l * lS + m_l * lM - dot(qb, (x["b"] * do).astype(op_dtype), trans_a=True)
+                   + dot(p, (x["e"] * w).astype(op_dtype), trans_a=True))
         idx = init_ref[row, c]
 
         @pl.when(idx >= 0)
@@ -195,17 +185,15 @@ def pass_backward(local: LocalOutputs, res: PassResiduals, qb, kt, p, s0, chunk_
     acc = s0.dtype
     op_dtype = kt.dtype
     lam_dtype = common.storage_dtype(op_dtype, acc)
-    form = "yz" if tuning.use_reverse_yz() else "t"
-    wy = yz_products(local, p, interpret=interpret) if form == "yz" else (local.t, p)
     kernel = functools.partial(_bwd_kernel, num_chunks=NC, num_heads=HV, block_v=block_v, num_states=n_states,
-                               precision=common.dot_precision(op_dtype, interpret), form=form)
+                               precision=common.dot_precision(op_dtype, interpret))
     out_shape = (jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype), jax.ShapeDtypeStruct((BH, NC, K, V), lam_dtype),
                  jax.ShapeDtypeStruct((BH, NC, C, V), lam_dtype), jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(s0.shape, acc))
     do_op = do.astype(op_dtype)
     ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
-                                       chunk_init, chunk_final, local.decay, local.vecs, local.attn, qb, kt, *wy, do_op,
-                                       gfs, gfm, stages=tuning.num_stages("pass_bwd", K, op_dtype))
+                                       chunk_init, chunk_final, local.decay, local.vecs, local.t, local.attn, qb, kt, p,
+                                       do_op, gfs, gfm, stages=tuning.num_stages("pass_bwd", K, op_dtype))
     # Cotangents of the pass's operands, parallel over chunks (ls, lm: cotangents of the chunk-END states).
     cfg = tuning.grads_config()
     a, b = (local.vecs[:, :, VECS.index(name)] for name in ("a", "b"))

@@ -8,9 +8,8 @@ differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-
 `MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
 `MDN_GRADS_KERNEL=0` computes the pass cotangents in XLA,
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
-`MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp`,
-`MDN_REVERSE_YZ=1` the reverse sweep from Y, Z formed before it (see `use_reverse_yz`) (for side-by-side
-measurement).
+`MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
+side-by-side measurement).
 """
 
 from __future__ import annotations
@@ -122,7 +121,9 @@ def gate_vjp_warps() -> int:
     return _env("MDN_GATE_VJP_WARPS", 8)
 
 
-def use_reverse_yz() -> bool:
-    """Whether the reverse sweep reads Y = T diag(d) P and Z = T diag(e) P formed before it (env MDN_REVERSE_YZ,
-    default 0) instead of applying T and P itself (`chunk_pass`); for side-by-side measurement."""
-    return os.environ.get("MDN_REVERSE_YZ", "0") != "0"
+
+def masked_sums_by_products() -> bool:
+    """Whether the masked cumulative sums of the gate coefficients and their VJP (`gates.segment_decay`,
+    `gates.segment_decay_vjp`: [C, C] tiles) run as products with triangular ones on the tensor cores (env
+    MDN_SEG_PRODUCTS, default 0) instead of Triton scans."""
+    return os.environ.get("MDN_SEG_PRODUCTS", "0") != "0"
