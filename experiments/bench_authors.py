@@ -12,8 +12,8 @@ log_mu the same clamped at -2, beta = sigmoid(U(0,1)), eta = U(0,2)), p = k with
 inside their kernel, chunk 64, dO ~ N(0, 1). Timing: `triton.testing.do_bench`, median. Memory:
 `torch.cuda.max_memory_allocated` over one forward+backward (inputs included). Prints each time as it is taken
 (their kernels autotune on first call), then one JSON row per case, and writes DIR/bench_authors.json.
-Seen on an H200 (2026-12-01): with triton 3.6 it printed nothing within 110 s and then 330 s at S400 (first
-call autotuning or a hang; not established), so give it a long timeout.
+On an H200 (2026-12-02, triton 3.6) the S400 case finished within 420 s on a fresh machine (their autotuning
+compiles; 330 s had not sufficed on 2026-12-01): give it a long timeout.
 """
 
 from __future__ import annotations
