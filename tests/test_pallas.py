@@ -326,10 +326,9 @@ def _run_and_grads_with_env(monkeypatch, env, inputs, init):
         _op.cache_clear()
 
 
-@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_SEG_PRODUCTS=1"])
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0"])
 def test_interpret_grads_with_env_switches(monkeypatch, env):
-    """The op's outputs and gradients through the XLA-product chunk-local VJP and with the gates' masked sums as
-    products == 'xla'."""
+    """The op's outputs and gradients through the XLA-product chunk-local VJP == 'xla'."""
     inputs, init = make_inputs(17, B=2, T=130, H=2, K=32, V=32)
     out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)
     assert_close(out, run("xla", inputs, init), 1e-4, env)
@@ -424,11 +423,10 @@ def test_gpu_forward_and_grads(dtype, tol, T, K, V):
 
 
 @gpu
-@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_SEG_PRODUCTS=1"])
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0"])
 @pytest.mark.parametrize("dtype,tol,T,K,V", [GPU_CASES[1], GPU_CASES[2], GPU_CASES[4]])
 def test_gpu_forward_and_grads_env_switches(monkeypatch, env, dtype, tol, T, K, V):
-    """The op's outputs and gradients with the XLA-product chunk-local VJP or the gates' masked sums as products
-    against the fp32 reference."""
+    """The op's outputs and gradients with the XLA-product chunk-local VJP against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
     what = f"{env} {dtype.__name__} T={T} K={K} V={V}"
     out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)

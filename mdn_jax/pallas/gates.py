@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mdn_jax.ops.chunked import LOG_GATE_FLOOR
-from mdn_jax.pallas import common, tuning
+from mdn_jax.pallas import common
 
 
 def gate_precision(op_dtype, interpret: bool):
@@ -63,52 +63,23 @@ def last(x):
     return jnp.sum(jnp.where(idx == x.shape[0] - 1, x, 0.0))
 
 
-def _masked_sum_precision(precision):
-    """The masked cumulative sums as products keep float32 accuracy: TF32x3 where the gate products take one TF32
-    pass (the summands are log gates down to LOG_GATE_FLOOR; one TF32 pass would err by ~1e-3 of the sum)."""
-    if precision == lax.DotAlgorithmPreset.TF32_TF32_F32:
-        return lax.DotAlgorithmPreset.TF32_TF32_F32_X3
-    return precision
-
-
-def _cumsum_rows(x, precision):
-    """cumsum(x, axis=0) of a [C, C] tile: a scan, or a product with the lower-triangular ones
-    (`tuning.masked_sums_by_products`)."""
-    if precision is None or not tuning.masked_sums_by_products():
-        return jnp.cumsum(x, axis=0)
-    rows, cols = _grid(x.shape[0])
-    return jnp.dot((rows >= cols).astype(x.dtype), x, precision=_masked_sum_precision(precision),
-                   preferred_element_type=x.dtype)
-
-
-def _cumsum_cols_exclusive(g, precision):
-    """y[tau, r] = sum_{l < r} g[tau, l] of a [C, C] tile: a scan, or a product with the strictly upper-triangular
-    ones (`tuning.masked_sums_by_products`)."""
-    if precision is None or not tuning.masked_sums_by_products():
-        return jnp.cumsum(g, axis=1) - g
-    rows, cols = _grid(g.shape[0])
-    return jnp.dot(g, (rows < cols).astype(g.dtype), precision=_masked_sum_precision(precision),
-                   preferred_element_type=g.dtype)
-
-
-def segment_decay(x, offset, precision=None):
+def segment_decay(x, offset):
     """exp(sum_{r = l + 1 + offset .. tau} y_r) below the diagonal (+offset), 0 elsewhere: [C] -> [C, C].
 
     offset 0: y = x, the lower-triangular D of recipe F (1 on the diagonal). offset 1: y = x shifted down
-    one step, which gives row tau - 1 of D in row tau (strictly lower). precision: that of the gate products
-    (None: the sums as scans).
+    one step, which gives row tau - 1 of D in row tau (strictly lower).
     """
     rows, cols = _grid(x.shape[0])
     y = shift_down(x) if offset else x
-    seg = _cumsum_rows(jnp.where(rows > cols + offset, y[:, None], 0.0), precision)
+    seg = jnp.cumsum(jnp.where(rows > cols + offset, y[:, None], 0.0), axis=0)
     return jnp.where(rows >= cols + offset, jnp.exp(seg), 0.0)
 
 
-def segment_decay_vjp(g, offset, precision=None):
+def segment_decay_vjp(g, offset):
     """Cotangent of x from g = dL/dD o D for D = segment_decay(x, offset): sum_{tau >= r + offset} sum_{l < r}
     g[tau, l], a vector [C]."""
     rows, cols = _grid(g.shape[0])
-    before = _cumsum_cols_exclusive(g, precision)  # [tau, r]: sum_{l < r} g[tau, l]
+    before = jnp.cumsum(g, axis=1) - g  # [tau, r]: sum_{l < r} g[tau, l]
     return jnp.sum(jnp.where(rows >= cols + offset, before, 0.0), axis=0)
 
 
@@ -134,7 +105,7 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
     recursion Gamma_tau = alpha_tau Gamma_{tau-1} + beta_tau D_mu_tau (sums of non-negative terms).
     with_gamma=False: Gamma and Gamma_down are None (the VJP needs only the D factors)."""
     la, lm = jnp.maximum(la, LOG_GATE_FLOOR), jnp.maximum(lm, LOG_GATE_FLOOR)
-    d_alpha, d_alpha_down, d_mu = (segment_decay(x, off, precision) for x, off in ((la, 0), (la, 1), (lm, 0)))
+    d_alpha, d_alpha_down, d_mu = segment_decay(la, 0), segment_decay(la, 1), segment_decay(lm, 0)
     gamma_down = gamma = None
     if with_gamma:
         gamma_down = jnp.dot(d_alpha_down, beta[:, None] * d_mu, precision=precision,
@@ -166,10 +137,10 @@ def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g
     y = dot(cf.d_alpha.T, g_gamma) + dot(cf.d_alpha_down.T, g_gamma_down)  # [l, j]
     g_beta = jnp.sum(y * cf.d_mu, axis=1) + cf.m * g_bm
     g_d_mu = cf.beta[:, None] * y + jnp.where(rows == C - 1, g_rho[None, :], 0.0)
-    g_lm = suffix_sum(gm * cf.m) + segment_decay_vjp(g_d_mu * cf.d_mu, 0, precision)
+    g_lm = suffix_sum(gm * cf.m) + segment_decay_vjp(g_d_mu * cf.d_mu, 0)
     g_d_alpha = dot_t(g_gamma, cf.d_mu) * cf.beta[None, :] + gb[:, None] * (cf.beta * cf.m)[None, :]
-    g_la = segment_decay_vjp(g_d_alpha * cf.d_alpha, 0, precision)
+    g_la = segment_decay_vjp(g_d_alpha * cf.d_alpha, 0)
     g_d_alpha_down = dot_t(g_gamma_down, cf.d_mu) * cf.beta[None, :]
-    g_la += segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1, precision)
+    g_la += segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1)
     g_la += suffix_sum(ga * cf.a) + suffix_sum(g_d * cf.d, strict=True)
     return (jnp.where(la_raw > LOG_GATE_FLOOR, g_la, 0.0), jnp.where(lm_raw > LOG_GATE_FLOOR, g_lm, 0.0), g_beta)

@@ -121,9 +121,3 @@ def gate_vjp_warps() -> int:
     return _env("MDN_GATE_VJP_WARPS", 8)
 
 
-
-def masked_sums_by_products() -> bool:
-    """Whether the masked cumulative sums of the gate coefficients and their VJP (`gates.segment_decay`,
-    `gates.segment_decay_vjp`: [C, C] tiles) run as products with triangular ones on the tensor cores (env
-    MDN_SEG_PRODUCTS, default 0) instead of Triton scans."""
-    return os.environ.get("MDN_SEG_PRODUCTS", "0") != "0"
