@@ -1,0 +1,59 @@
+"""The Mosaic GPU prototype of the forward pass (`experiments/mosaic_pass.py`) against the Triton-lowered pass."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments.mosaic_pass import _inputs, _rel, _triton_pass, check, pass_forward_mosaic
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+@pytest.mark.parametrize("B,T,H,K,V,block_v,stages,consumers,dtype,tol", [
+    (1, 128, 3, 64, 64, 64, 2, 1, jnp.float32, 1e-6),
+    (2, 192, 2, 128, 256, 128, 1, 1, jnp.bfloat16, 1e-3),
+    (1, 192, 2, 64, 256, 64, 2, 2, jnp.float32, 1e-6)])
+def test_interpret_matches_triton_pass(B, T, H, K, V, block_v, stages, consumers, dtype, tol):
+    """(O, S_T, M_T) of both passes in interpret mode, on the same chunk-local outputs (consumers 2: two compute
+    warpgroups and a memory warpgroup)."""
+    errs = check(B=B, T=T, H=H, K=K, V=V, block_v=block_v, stages=stages, consumers=consumers, dtype=dtype)
+    assert all(e < tol for e in errs), errs  # NaN fails too
+
+
+def test_rejects_shapes_outside_the_prototype():
+    args = _inputs(1, 64, 1, 32, 64, dtype=jnp.float32, interpret=True)
+    with pytest.raises(ValueError, match="prototype limits"):
+        pass_forward_mosaic(*args, block_v=64, interpret=True)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 128, 1, 1),
+                                                         (128, 256, 64, 1, 2), (256, 512, 64, 1, 1)])
+def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers):
+    args = _inputs(2, 1024, 2, K, V)
+    ours = jax.jit(lambda *a: pass_forward_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers))(*args)
+    ref = jax.jit(lambda *a: _triton_pass(*a, block_v=16 if K > 128 else 64, interpret=False))(*args)
+    errs = [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    assert all(e < 2e-2 for e in errs), errs
+
+
+@pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
+                                                         (256, 512, 64, 1, 1)])
+def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers):
+    """The Mosaic GPU lowering (layouts, transforms, the shared-memory budget) of the GPU configurations, run on
+    any machine: `lower(lowering_platforms=("cuda",))` needs no GPU."""
+    assert "mosaic_gpu" in _lower_for_cuda(K, V, block_v, stages, consumers)
+
+
+def test_lowering_rejects_configurations_over_shared_memory():
+    with pytest.raises(ValueError, match="shared memory"):
+        _lower_for_cuda(128, 256, 64, 2, 2)
+
+
+def _lower_for_cuda(K, V, block_v, stages, consumers):
+    args = _inputs(1, 256, 2, K, V, interpret=True)
+    leaves, tree = jax.tree.flatten(args)
+    f = jax.jit(lambda *a: pass_forward_mosaic(*jax.tree.unflatten(tree, a), block_v=block_v, stages=stages,
+                                               consumers=consumers))
+    return f.trace(*(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)).lower(
+        lowering_platforms=("cuda",)).as_text()
