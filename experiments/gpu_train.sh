@@ -2,14 +2,16 @@
 # One device call: the 400M MDN training run (throughput, MFU, memory, loss curve, profile), the generation
 # benchmark, the FLA parity test. Usage (GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_train.sh
 # Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN (0: skip the generation benchmark), GEN_ARGS, GEN_TIMEOUT, FLA (1: run
-# the FLA parity test), FLA_TIMEOUT (90). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
-# bench_generate.{json,log}, fla.log. The train step's compile takes about 2 minutes (400M, 21 layers).
+# the FLA parity test), FLA_TIMEOUT (90), HLO (1: dump the optimized HLO and trace the profile's largest fusion kernels
+# to their source lines, fusions.md). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
+# bench_generate.{json,log}, fla.log, fusions.md. The train step's compile takes about 2 minutes (400M, 21 layers).
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 TIKTOKEN_CACHE_DIR=
 source experiments/gpu_setup.sh
 if [ "${FLA:-1}" = 1 ]; then
   fla_parity ${FLA_TIMEOUT:-90}; grep -E "PASS|FAIL|parity|Error" "$OUT/fla.log" | tail -5
 fi
 RUN=/tmp/run400m
+[ "${HLO:-0}" = 1 ] && export XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text"
 train() {  # the 400M preset: GPT-2 BPE on the embedded Shakespeare corpus, seq 4096, 16 x 4096 tokens per step
   rm -rf $RUN
   timeout ${TRAIN_TIMEOUT:-330} python3 -m mdn_jax.cli train --config 400M --out $RUN steps=${STEPS:-120} \
@@ -22,5 +24,7 @@ train batch_size=16 grad_accum=4 || { echo "retrying with model.remat=true" | te
   train batch_size=16 grad_accum=4 model.remat=true; }
 cp $RUN/metrics.jsonl "$OUT/" 2>/dev/null
 timeout 60 python3 experiments/trace_summary.py $RUN/profile --out "$OUT/train_profile.json" | head -30
+[ "${HLO:-0}" = 1 ] && timeout 120 python3 experiments/hlo_fusions.py /tmp/hlo --summary "$OUT/train_profile.json" \
+  --top 8 --out "$OUT/fusions.md" | cut -c1-400
 [ "${GEN:-1}" = 1 ] && timeout ${GEN_TIMEOUT:-150} python3 experiments/bench_generate.py --out "$OUT" ${GEN_ARGS:-} 2>&1 \
   | tee "$OUT/bench_generate.log" | tail -12
