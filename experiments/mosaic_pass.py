@@ -1,13 +1,16 @@
 """The forward pass without differentiation in Mosaic GPU (wgmma, TMA): a prototype beside the Triton-lowered
 `mdn_jax.pallas.chunk_pass.pass_forward`, for side-by-side measurement before it is worth a place in the library.
 
-One program (one warpgroup) per (row x value head, block_v value columns), as the Triton pass: S and M
-([K, block_v] float32) are carried in registers across the chunks; each chunk's tiles (P, Qb, Kt [C, K], T, attn
-[C, C], V [C, block_v], the [C] vectors and decays) arrive by TMA through `plgpu.emit_pipeline` (two chunks in
-flight), and the eight products of a chunk step run as wgmma from shared memory:
+One program per (row x value head, value columns), as the Triton pass: S and M ([K, block_v] float32) are
+carried in registers across the chunks; each chunk's tiles (P, Qb, Kt [C, K], T, attn [C, C], V, the [C] vectors
+and decays) arrive by TMA, and the eight products of a chunk step run as wgmma from shared memory:
 
     R = V - diag(d) P S + diag(e) P M,   N = T R,   O = diag(a) Qb S - diag(b) Qb M + attn N,
     S' = a_L S - b_L M + Kt^T diag(Gamma_L) N,   M' = m_L M - Kt^T diag(rho) N.
+
+consumers=1: one warpgroup loads (`plgpu.emit_pipeline`, `stages` chunks in flight) and computes block_v columns;
+consumers=2: two compute warpgroups of block_v columns each share the K-side tiles that a memory warpgroup brings
+(`plgpu.emit_pipeline_warp_specialized`): half the programs and half the K-side reads.
 
 Prototype limits: dense rows only (one sequence per row, chunk_init/chunk_final of `ops.layout.dense_layout`),
 16-bit operands on the GPU, K and block_v multiples of 64. Interpret mode (`--check`, CPU) drops the shared-memory
@@ -24,6 +27,7 @@ import functools
 import json
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +37,11 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.ops.layout import dense_layout  # noqa: E402
-from mdn_jax.pallas.chunk_local import VECS, LocalOutputs  # noqa: E402
+from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, chunk_local  # noqa: E402
+from mdn_jax.pallas.chunk_pass import pass_forward  # noqa: E402
+from mdn_jax.pallas.tuning import block_config  # noqa: E402
 
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
 
@@ -157,8 +164,7 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
 def _inputs(B, T, H, K, V, seed=0, dtype=jnp.bfloat16, interpret=False):
     """The pass's inputs from ANCHORS.md-style random q, k, v and gates (through the op's preprocessing rules:
     L2-normalised, eta on k, alpha on p), with the chunk-local stage of `mdn_jax.pallas.chunk_local`."""
-    from mdn_jax.pallas.chunk_local import chunk_local
-    keys = jax.random.split(jax.random.PRNGKey(seed), 8)
+    keys = jax.random.split(jax.random.PRNGKey(seed), 9)
     n = jax.random.normal
     unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     q, k = unit(n(keys[0], (B, T, H, K))), unit(n(keys[1], (B, T, H, K)))
@@ -168,13 +174,13 @@ def _inputs(B, T, H, K, V, seed=0, dtype=jnp.bfloat16, interpret=False):
     eta = jax.random.uniform(keys[6], (B, T, H), minval=0.0, maxval=2.0)
     qb, kt, p = (x.astype(dtype) for x in (q * K ** -0.5, k * eta[..., None], k * jnp.exp(la)[..., None]))
     v = n(keys[2], (B, T, H, V)).astype(dtype)
-    s0, m0 = (0.1 * n(keys[7 - i], (B, H, K, V)) for i in range(2))
+    s0, m0 = (0.1 * n(keys[i], (B, H, K, V)) for i in (7, 8))
     local = chunk_local(qb, kt, p, la, lm, beta, chunk=64, op_dtype=dtype, interpret=interpret)
     return local, qb, kt, p, v, s0, m0
 
 
 def _triton_pass(local, qb, kt, p, v, s0, m0, *, block_v, interpret):
-    from mdn_jax.pallas.chunk_pass import pass_forward
+    """`chunk_pass.pass_forward` (no saves) on dense rows."""
     B, Tp = kt.shape[:2]
     layout = dense_layout(B, Tp, local.t.shape[-1])
     return pass_forward(local, qb, kt, p, v, s0, m0, layout.chunk_init, layout.chunk_final, save=False,
@@ -196,7 +202,6 @@ def check(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1, dtype
 
 def _queued_ms(fn, args, reps=20, groups=5):
     """Median over groups of the mean device time per call of `reps` calls queued back to back."""
-    import time
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(groups):
@@ -211,8 +216,6 @@ def _queued_ms(fn, args, reps=20, groups=5):
 def bench(case, configs):
     """GPU: the Triton pass (its tuned block) and the Mosaic GPU pass per (block_v, stages, consumers) on the same
     inputs: times and relative differences of (O, S_T, M_T)."""
-    from experiments.shapes import SHAPES
-    from mdn_jax.pallas.tuning import block_config
     shape = SHAPES[case]
     args = _inputs(**shape)
     triton_block = block_config(shape["K"], shape["V"], 64, rows=shape["B"] * shape["H"]).block_v_infer
