@@ -17,7 +17,7 @@ Prototype limits: dense rows only (one sequence per row, chunk_init/chunk_final 
 tiling/swizzle transforms, which the interpreter rejects.
 
     python experiments/mosaic_pass.py --check                    # CPU, interpret mode: equal to pass_forward
-    python experiments/mosaic_pass.py --cases S400 --configs 64:2:1,64:1:2 --out DIR   # GPU: both passes timed
+    python experiments/mosaic_pass.py --cases S400 --configs 64:2:1,64:1:2 --save 0,1 --out DIR   # GPU: timed
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.ops.layout import dense_layout  # noqa: E402
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, chunk_local  # noqa: E402
-from mdn_jax.pallas.chunk_pass import pass_forward  # noqa: E402
+from mdn_jax.pallas.chunk_pass import PassResiduals, pass_forward  # noqa: E402
 from mdn_jax.pallas.tuning import block_config  # noqa: E402
 
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
@@ -55,19 +55,25 @@ def _products(*pairs):
     return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
 
 
-def _chunk_step(c, tiles, bufs, carry, o_ref, row, head, vs):
-    """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile (TMA, not waited
-    for) and returns (S', M'). tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch."""
+def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
+    """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile (and with residual
+    refs in out_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
+    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
+    o_ref, *res_refs = out_refs
     S, M = carry
     C, block_v = v_s.shape
     op, f32 = qb_s.dtype, jnp.float32
     col = {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=_ROW, optimized=False), (C, block_v), [0])
            for i, name in enumerate(VECS)}
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous step's stores have read their buffers
     s_smem[...] = S.astype(op)
     m_smem[...] = M.astype(op)
     plgpu.commit_smem()
+    if res_refs:  # the chunk-start states, as the backward reads them
+        plgpu.copy_smem_to_gmem(s_smem, res_refs[0].at[bh, c, :, vs])
+        plgpu.copy_smem_to_gmem(m_smem, res_refs[1].at[bh, c, :, vs])
     ps, pm = _products((p_s, s_smem), (p_s, m_smem))
     rn_smem[...] = (v_s[...].astype(f32) - col["d"] * ps + col["e"] * pm).astype(op)  # R
     plgpu.commit_smem()
@@ -76,8 +82,9 @@ def _chunk_step(c, tiles, bufs, carry, o_ref, row, head, vs):
     gn_smem[...] = (col["g_last"] * n).astype(op)
     hn_smem[...] = (col["rho"] * n).astype(op)
     plgpu.commit_smem()
+    if res_refs:
+        plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
     qs, qm, an = _products((qb_s, s_smem), (qb_s, m_smem), (attn_s, rn_smem))
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous chunk's output store has read o_smem
     o_smem[...] = (col["a"] * qs - col["b"] * qm + an).astype(op)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_ref.at[row, pl.ds(c * C, C), head, vs])
@@ -88,10 +95,11 @@ def _chunk_step(c, tiles, bufs, carry, o_ref, row, head, vs):
 
 
 def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
-            *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms):
+            *res_refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms):
     """consumers 1: one warpgroup loads (TMA through `emit_pipeline`) and computes; 2: two compute warpgroups,
     each with its own [K, block_v] state block, share one [C, 2 block_v] value tile and the K-side tiles that a
     third (memory) warpgroup brings (`emit_pipeline_warp_specialized`)."""
+    res_refs, bufs = res_refs_and_bufs[:3 * save], res_refs_and_bufs[3 * save:]
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
@@ -116,7 +124,7 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
         if consumers > 1:
             tiles[-1] = tiles[-1].at[:, pl.ds(wg * block_v, block_v)]
         mine = tuple(b.at[wg] for b in bufs)
-        return _chunk_step(idx[0], tiles, mine, carry, o_ref, row, head, columns())
+        return _chunk_step(idx[0], tiles, mine, carry, (o_ref, *res_refs), bh, row, head, columns())
 
     def run(pipeline):  # states in, pipeline, states out
         vs = columns()
@@ -124,7 +132,7 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
         S, M = pipeline((load(s0_ref), load(m0_ref)))
         fs_ref[row, head, :, vs] = S
         fm_ref[row, head, :, vs] = M
-        plgpu.wait_smem_to_gmem(0)  # the last output store
+        plgpu.wait_smem_to_gmem(0)  # the last step's stores
 
     if consumers == 1:
         run(lambda carry: plgpu.emit_pipeline(body, grid=(num_chunks,), in_specs=in_specs,
@@ -136,11 +144,12 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
 
 
 def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64, stages=2, consumers=1,
-                        interpret=False):
+                        save=False, interpret=False):
     """O [B, Tp, HV, V] (operand dtype) and the final (S, M) [B, HV, K, V] float32 of dense rows (s0, m0:
     [B, HV, K, V] float32, one sequence per row); the other arguments as `chunk_pass.pass_forward`'s. stages:
     chunks in flight (shared memory: S400 fits 2 at block_v 64, 1 at 128; K=256 fits 1 at 64); consumers: compute
-    warpgroups per program (1 or 2, each with its own block_v state columns; 2 adds a memory warpgroup)."""
+    warpgroups per program (1 or 2, each with its own block_v state columns; 2 adds a memory warpgroup); save:
+    also the chunk-start states and N ([B*HV, NC, K or C, V], operand dtype) as `chunk_pass.PassResiduals`."""
     B, Tp, HV, K = kt.shape
     V = v.shape[-1]
     BH, NC, C = local.t.shape[:3]
@@ -151,14 +160,18 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
     smem = lambda *shape: plgpu.SMEM((consumers,) + shape, op, transforms=transforms)  # noqa: E731 - per warpgroup
     scratch = [smem(K, block_v), smem(K, block_v)] + [smem(C, block_v) for _ in range(4)]
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, transforms=transforms)
+                               consumers=consumers, save=save, transforms=transforms)
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct(s0.shape, jnp.float32),
                 jax.ShapeDtypeStruct(m0.shape, jnp.float32))
+    if save:
+        out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
+                     jax.ShapeDtypeStruct((BH, NC, C, V), op))
     threads = dict(num_threads=consumers + 1, thread_name="wg") if consumers > 1 else {}
     call = plgpu.kernel(kernel, out_type=out_type, scratch_types=scratch, grid=(BH, V // (consumers * block_v)),
                         grid_names=("bh", "vb"), interpret=plgpu.InterpretGPUParams() if interpret else False,
                         **threads)
-    return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
+    o, fs, fm, *res = call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
+    return (o, fs, fm, PassResiduals(*res)) if save else (o, fs, fm)
 
 
 def _inputs(B, T, H, K, V, seed=0, dtype=jnp.bfloat16, interpret=False):
@@ -179,12 +192,17 @@ def _inputs(B, T, H, K, V, seed=0, dtype=jnp.bfloat16, interpret=False):
     return local, qb, kt, p, v, s0, m0
 
 
-def _triton_pass(local, qb, kt, p, v, s0, m0, *, block_v, interpret):
-    """`chunk_pass.pass_forward` (no saves) on dense rows."""
+def _triton_pass(local, qb, kt, p, v, s0, m0, *, block_v, interpret, save=False):
+    """`chunk_pass.pass_forward` on dense rows."""
     B, Tp = kt.shape[:2]
     layout = dense_layout(B, Tp, local.t.shape[-1])
-    return pass_forward(local, qb, kt, p, v, s0, m0, layout.chunk_init, layout.chunk_final, save=False,
+    return pass_forward(local, qb, kt, p, v, s0, m0, layout.chunk_init, layout.chunk_final, save=save,
                         block_v=block_v, interpret=interpret, num_warps=4)
+
+
+def _flat(outs):
+    """(O, S_T, M_T[, S_c, M_c, N_c]) as a flat tuple."""
+    return tuple(jax.tree.leaves(outs))
 
 
 def _rel(x, y):
@@ -192,12 +210,14 @@ def _rel(x, y):
     return float(jnp.linalg.norm(x - y) / jnp.linalg.norm(y))
 
 
-def check(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1, dtype=jnp.float32):
-    """Interpret mode on the CPU: relative errors of (O, S_T, M_T) against the Triton pass (also interpreted)."""
+def check(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1, save=False, dtype=jnp.float32):
+    """Interpret mode on the CPU: relative errors of (O, S_T, M_T[, S_c, M_c, N_c]) against the Triton pass (also
+    interpreted)."""
     args = _inputs(B, T, H, K, V, dtype=dtype, interpret=True)
-    ours = pass_forward_mosaic(*args, block_v=block_v, stages=stages, consumers=consumers, interpret=True)
-    ref = _triton_pass(*args, block_v=block_v, interpret=True)
-    return [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    ours = pass_forward_mosaic(*args, block_v=block_v, stages=stages, consumers=consumers, save=save,
+                               interpret=True)
+    ref = _triton_pass(*args, block_v=block_v, interpret=True, save=save)
+    return [_rel(a, b) for a, b in zip(_flat(ours), _flat(ref), strict=True)]
 
 
 def _queued_ms(fn, args, reps=20, groups=5):
@@ -213,21 +233,24 @@ def _queued_ms(fn, args, reps=20, groups=5):
     return sorted(times)[len(times) // 2]
 
 
-def bench(case, configs):
+def bench(case, configs, save=False):
     """GPU: the Triton pass (its tuned block) and the Mosaic GPU pass per (block_v, stages, consumers) on the same
-    inputs: times and relative differences of (O, S_T, M_T)."""
+    inputs: times and relative differences of the outputs (save: the forward under differentiation, which also
+    writes the chunk states and N)."""
     shape = SHAPES[case]
     args = _inputs(**shape)
-    triton_block = block_config(shape["K"], shape["V"], 64, rows=shape["B"] * shape["H"]).block_v_infer
-    triton = jax.jit(functools.partial(_triton_pass, block_v=triton_block, interpret=False))
-    ref = triton(*args)
-    rows = [dict(case=case, **shape, impl="triton", block_v=triton_block, ms=_queued_ms(triton, args))]
+    blocks = block_config(shape["K"], shape["V"], 64, rows=shape["B"] * shape["H"])
+    triton_block = blocks.block_v_save if save else blocks.block_v_infer
+    triton = jax.jit(functools.partial(_triton_pass, block_v=triton_block, interpret=False, save=save))
+    ref = _flat(triton(*args))
+    base = dict(case=case, **shape, save=save)
+    rows = [dict(base, impl="triton", block_v=triton_block, ms=_queued_ms(triton, args))]
     for block_v, stages, consumers in configs:
-        row = dict(case=case, **shape, impl="mosaic", block_v=block_v, stages=stages, consumers=consumers)
+        row = dict(base, impl="mosaic", block_v=block_v, stages=stages, consumers=consumers)
         try:
             mosaic = jax.jit(functools.partial(pass_forward_mosaic, block_v=block_v, stages=stages,
-                                               consumers=consumers))
-            row["rel_err"] = [_rel(a, b) for a, b in zip(mosaic(*args), ref, strict=True)]
+                                               consumers=consumers, save=save))
+            row["rel_err"] = [_rel(a, b) for a, b in zip(_flat(mosaic(*args)), ref, strict=True)]
             row["ms"] = _queued_ms(mosaic, args)
         except Exception as e:  # noqa: BLE001 - a lowering or compile failure is a result of the probe too
             row["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
@@ -241,6 +264,7 @@ def main():
     ap.add_argument("--cases", default="S400")
     ap.add_argument("--configs", default="64:2:1,128:1:1,64:1:2",
                     help="comma-separated block_v:stages:consumers of the Mosaic pass")
+    ap.add_argument("--save", default="0", help="comma-separated 0/1: without / with the residual writes")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.check:
@@ -248,8 +272,8 @@ def main():
         return
     configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",")]
     rows = []
-    for case in a.cases.split(","):
-        for r in bench(case, configs):
+    for case, save in ((c, s) for c in a.cases.split(",") for s in a.save.split(",")):
+        for r in bench(case, configs, save=save == "1"):
             print(json.dumps(r), flush=True)
             rows.append(r)
     if a.out:

@@ -4,19 +4,22 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.mosaic_pass import _inputs, _rel, _triton_pass, check, pass_forward_mosaic
+from experiments.mosaic_pass import _flat, _inputs, _rel, _triton_pass, check, pass_forward_mosaic
 
 ON_GPU = jax.default_backend() == "gpu"
 
 
-@pytest.mark.parametrize("B,T,H,K,V,block_v,stages,consumers,dtype,tol", [
-    (1, 128, 3, 64, 64, 64, 2, 1, jnp.float32, 1e-6),
-    (2, 192, 2, 128, 256, 128, 1, 1, jnp.bfloat16, 1e-3),
-    (1, 192, 2, 64, 256, 64, 2, 2, jnp.float32, 1e-6)])
-def test_interpret_matches_triton_pass(B, T, H, K, V, block_v, stages, consumers, dtype, tol):
-    """(O, S_T, M_T) of both passes in interpret mode, on the same chunk-local outputs (consumers 2: two compute
-    warpgroups and a memory warpgroup)."""
-    errs = check(B=B, T=T, H=H, K=K, V=V, block_v=block_v, stages=stages, consumers=consumers, dtype=dtype)
+@pytest.mark.parametrize("B,T,H,K,V,block_v,stages,consumers,save,dtype,tol", [
+    (1, 128, 3, 64, 64, 64, 2, 1, False, jnp.float32, 1e-6),
+    (2, 192, 2, 128, 256, 128, 1, 1, False, jnp.bfloat16, 1e-3),
+    (1, 192, 2, 64, 256, 64, 2, 2, False, jnp.float32, 1e-6),
+    (1, 192, 2, 64, 128, 64, 2, 1, True, jnp.float32, 1e-6),
+    (1, 128, 2, 64, 256, 64, 1, 2, True, jnp.bfloat16, 1e-2)])
+def test_interpret_matches_triton_pass(B, T, H, K, V, block_v, stages, consumers, save, dtype, tol):
+    """(O, S_T, M_T) and with save the residuals (S_c, M_c, N_c) of both passes in interpret mode, on the same
+    chunk-local outputs (consumers 2: two compute warpgroups and a memory warpgroup)."""
+    errs = check(B=B, T=T, H=H, K=K, V=V, block_v=block_v, stages=stages, consumers=consumers, save=save,
+                 dtype=dtype)
     assert all(e < tol for e in errs), errs  # NaN fails too
 
 
@@ -27,22 +30,25 @@ def test_rejects_shapes_outside_the_prototype():
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
-@pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 128, 1, 1),
-                                                         (128, 256, 64, 1, 2), (256, 512, 64, 1, 1)])
-def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers):
+@pytest.mark.parametrize("K,V,block_v,stages,consumers,save", [
+    (128, 256, 64, 2, 1, False), (128, 256, 128, 1, 1, False), (128, 256, 64, 1, 2, False),
+    (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True), (128, 256, 64, 1, 2, True)])
+def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers, save):
     args = _inputs(2, 1024, 2, K, V)
-    ours = jax.jit(lambda *a: pass_forward_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers))(*args)
-    ref = jax.jit(lambda *a: _triton_pass(*a, block_v=16 if K > 128 else 64, interpret=False))(*args)
-    errs = [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    ours = jax.jit(lambda *a: pass_forward_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers,
+                                                  save=save))(*args)
+    ref = jax.jit(lambda *a: _triton_pass(*a, block_v=16 if K > 128 else 32, interpret=False, save=save))(*args)
+    errs = [_rel(a, b) for a, b in zip(_flat(ours), _flat(ref), strict=True)]
     assert all(e < 2e-2 for e in errs), errs
 
 
-@pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
-                                                         (256, 512, 64, 1, 1)])
-def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers):
+@pytest.mark.parametrize("K,V,block_v,stages,consumers,save", [(128, 256, 64, 2, 1, False), (128, 256, 64, 1, 2, False),
+                                                              (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True),
+                                                              (128, 256, 64, 1, 2, True)])
+def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers, save):
     """The Mosaic GPU lowering (layouts, transforms, the shared-memory budget) of the GPU configurations, run on
     any machine: `lower(lowering_platforms=("cuda",))` needs no GPU."""
-    assert "mosaic_gpu" in _lower_for_cuda(K, V, block_v, stages, consumers)
+    assert "mosaic_gpu" in _lower_for_cuda(K, V, block_v, stages, consumers, save)
 
 
 def test_lowering_rejects_configurations_over_shared_memory():
@@ -50,10 +56,10 @@ def test_lowering_rejects_configurations_over_shared_memory():
         _lower_for_cuda(128, 256, 64, 2, 2)
 
 
-def _lower_for_cuda(K, V, block_v, stages, consumers):
+def _lower_for_cuda(K, V, block_v, stages, consumers, save=False):
     args = _inputs(1, 256, 2, K, V, interpret=True)
     leaves, tree = jax.tree.flatten(args)
     f = jax.jit(lambda *a: pass_forward_mosaic(*jax.tree.unflatten(tree, a), block_v=block_v, stages=stages,
-                                               consumers=consumers))
+                                               consumers=consumers, save=save))
     return f.trace(*(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)).lower(
         lowering_platforms=("cuda",)).as_text()
