@@ -1,10 +1,21 @@
-"""The Mosaic GPU prototype of the forward pass (`experiments/mosaic_pass.py`) against the Triton-lowered pass."""
+"""The Mosaic GPU prototypes of the sequential passes (`experiments/mosaic_pass.py`) against the Triton kernels."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.mosaic_pass import _flat, _inputs, _rel, _triton_pass, check, pass_forward_mosaic
+from experiments.mosaic_pass import (
+    _cotangents,
+    _flat,
+    _inputs,
+    _rel,
+    _triton_pass,
+    _triton_sweep,
+    check,
+    check_sweep,
+    pass_forward_mosaic,
+    sweep_mosaic,
+)
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -21,6 +32,16 @@ def test_interpret_matches_triton_pass(B, T, H, K, V, block_v, stages, consumers
     errs = check(B=B, T=T, H=H, K=K, V=V, block_v=block_v, stages=stages, consumers=consumers, save=save,
                  dtype=dtype)
     assert all(e < tol for e in errs), errs  # NaN fails too
+
+
+@pytest.mark.parametrize("B,T,H,K,V,block_v,stages,consumers,dtype,tol", [
+    (1, 128, 2, 64, 128, 64, 2, 1, jnp.float32, 1e-6),
+    (1, 192, 2, 64, 256, 64, 1, 2, jnp.float32, 1e-6),
+    (2, 128, 2, 128, 256, 128, 1, 1, jnp.bfloat16, 1e-3)])
+def test_interpret_sweep_matches_triton_sweep(B, T, H, K, V, block_v, stages, consumers, dtype, tol):
+    """(lS, lM, dN, dS0, dM0) of both reverse sweeps in interpret mode."""
+    errs = check_sweep(B=B, T=T, H=H, K=K, V=V, block_v=block_v, stages=stages, consumers=consumers, dtype=dtype)
+    assert all(e < tol for e in errs), errs
 
 
 def test_rejects_shapes_outside_the_prototype():
@@ -42,6 +63,18 @@ def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers, save):
     assert all(e < 2e-2 for e in errs), errs
 
 
+@pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
+                                                         (256, 512, 64, 1, 1)])
+def test_gpu_sweep_matches_triton_sweep(K, V, block_v, stages, consumers):
+    local, qb, kt, p, *_ = _inputs(2, 1024, 2, K, V)
+    args = (local, qb, kt, p, *_cotangents(2, 1024, 2, K, V))
+    ours = jax.jit(lambda *a: sweep_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers))(*args)
+    ref = jax.jit(lambda *a: _triton_sweep(*a, block_v=16 if K > 128 else 32, interpret=False))(*args)
+    errs = [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    assert all(e < 2e-2 for e in errs), errs
+
+
 @pytest.mark.parametrize("K,V,block_v,stages,consumers,save", [(128, 256, 64, 2, 1, False), (128, 256, 64, 1, 2, False),
                                                               (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True),
                                                               (128, 256, 64, 1, 2, True)])
@@ -49,6 +82,18 @@ def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers, 
     """The Mosaic GPU lowering (layouts, transforms, the shared-memory budget) of the GPU configurations, run on
     any machine: `lower(lowering_platforms=("cuda",))` needs no GPU."""
     assert "mosaic_gpu" in _lower_for_cuda(K, V, block_v, stages, consumers, save)
+
+
+@pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
+                                                         (256, 512, 64, 1, 1)])
+def test_sweep_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers):
+    local, qb, kt, p, *_ = _inputs(1, 256, 2, K, V, interpret=True)
+    leaves, tree = jax.tree.flatten((local, qb, kt, p, *_cotangents(1, 256, 2, K, V)))
+    f = jax.jit(lambda *a: sweep_mosaic(*jax.tree.unflatten(tree, a), block_v=block_v, stages=stages,
+                                        consumers=consumers))
+    text = f.trace(*(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
 
 
 def test_lowering_rejects_configurations_over_shared_memory():
