@@ -121,6 +121,8 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref
               - x["rho"] * dot(kt, lMd))
         dn_ref[bh, c, :, vs] = dn.astype(dn_ref.dtype)
         w = dot(t_ref[bh, c], dn.astype(op_dtype), trans_a=True)
+        # Each state's two products in one expression: forming both P^T products first keeps more [K, block_v]
+        # accumulators live, 1.3B fwd+bwd 8.27 ms vs 6.92 (H200, 7c99108 vs b4699bc).
         qb, p = qb_ref[row, ts, head, :], p_ref[row, ts, head, :]
         a_l, b_l, m_l = decay_ref[bh, c, 0], decay_ref[bh, c, 1], decay_ref[bh, c, 2]
         lS_prev = (a_l * lS + dot(qb, (x["a"] * do).astype(op_dtype), trans_a=True)
