@@ -59,6 +59,12 @@ def _products(*pairs):
     return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
 
 
+def _row_scales(vec_s, C, block_v):
+    """The chunk's [C] vectors (shared memory [len(VECS), C]) by name, broadcast over [C, block_v] wgmma tiles."""
+    return {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=_ROW, optimized=False), (C, block_v), [0])
+            for i, name in enumerate(VECS)}
+
+
 def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
     """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile (and with residual
     refs in out_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
@@ -69,8 +75,7 @@ def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
     S, M = carry
     C, block_v = v_s.shape
     op, f32 = qb_s.dtype, jnp.float32
-    col = {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=_ROW, optimized=False), (C, block_v), [0])
-           for i, name in enumerate(VECS)}
+    col = _row_scales(vec_s, C, block_v)
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous step's stores have read their buffers
     s_smem[...] = S.astype(op)
     m_smem[...] = M.astype(op)
@@ -108,8 +113,7 @@ def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
     lS, lM = carry
     C, block_v = do_s.shape
     op, f32 = qb_s.dtype, jnp.float32
-    col = {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=_ROW, optimized=False), (C, block_v), [0])
-           for i, name in enumerate(VECS)}
+    col = _row_scales(vec_s, C, block_v)
     T = lambda ref: ref.transpose((1, 0))  # noqa: E731 - a transposed shared-memory operand
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous step's stores have read their buffers
     ls_smem[...] = lS.astype(op)
@@ -182,13 +186,16 @@ def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms):
     return specs + [spec((None, C, None, v_cols), lambda s: (row, ci(s), head, vb))]
 
 
-def _state_io(row, head):
-    def load(src, vs):
-        return plgpu.load(src.at[row, head, :, vs], layout=plgpu.Layout.WGMMA, optimized=False)
+def _state_io(row, head, srcs, dsts):
+    """start(vs): the carry loaded from the float32 [N, HV, K, V] tables srcs; finish(carry, vs): stored into dsts
+    (this program's row, head and V columns vs)."""
+    def start(vs):
+        return tuple(plgpu.load(r.at[row, head, :, vs], layout=plgpu.Layout.WGMMA, optimized=False) for r in srcs)
 
-    def store(dst, x, vs):
-        dst[row, head, :, vs] = x
-    return load, store
+    def finish(carry, vs):
+        for r, x in zip(dsts, carry, strict=True):
+            r[row, head, :, vs] = x
+    return start, finish
 
 
 def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
@@ -198,18 +205,13 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
     in_specs = _chunk_specs(lambda s: s, bh, row, head, vb, C, K, consumers * block_v, transforms)
-    load, store = _state_io(row, head)
+    start, finish = _state_io(row, head, (s0_ref, m0_ref), (fs_ref, fm_ref))
 
     def step(c, tiles, mine, carry, vs):
         return _chunk_step(c, tiles, mine, carry, (o_ref, *res_refs), bh, row, head, vs)
 
-    def finish(carry, vs):
-        store(fs_ref, carry[0], vs)
-        store(fm_ref, carry[1], vs)
-
-    _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs,
-                 lambda vs: (load(s0_ref, vs), load(m0_ref, vs)), finish, bufs, num_chunks=num_chunks,
-                 block_v=block_v, stages=stages, consumers=consumers)
+    _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
+                 bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
 
 
 def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref,
@@ -219,18 +221,13 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
     last = num_chunks - 1
     in_specs = _chunk_specs(lambda s: last - s, bh, row, head, vb, C, K, consumers * block_v, transforms)
-    load, store = _state_io(row, head)
+    start, finish = _state_io(row, head, (gfs_ref, gfm_ref), (ds0_ref, dm0_ref))
 
     def step(s, tiles, mine, carry, vs):
         return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs)
 
-    def finish(carry, vs):
-        store(ds0_ref, carry[0], vs)
-        store(dm0_ref, carry[1], vs)
-
-    _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref), in_specs,
-                 lambda vs: (load(gfs_ref, vs), load(gfm_ref, vs)), finish, bufs, num_chunks=num_chunks,
-                 block_v=block_v, stages=stages, consumers=consumers)
+    _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref), in_specs, start, finish,
+                 bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
 
 
 def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, consumers, interpret):

@@ -1,5 +1,7 @@
 """The Mosaic GPU prototypes of the sequential passes (`experiments/mosaic_pass.py`) against the Triton kernels."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -88,11 +90,8 @@ def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers, 
                                                          (256, 512, 64, 1, 1)])
 def test_sweep_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers):
     local, qb, kt, p, *_ = _inputs(1, 256, 2, K, V, interpret=True)
-    leaves, tree = jax.tree.flatten((local, qb, kt, p, *_cotangents(1, 256, 2, K, V)))
-    f = jax.jit(lambda *a: sweep_mosaic(*jax.tree.unflatten(tree, a), block_v=block_v, stages=stages,
-                                        consumers=consumers))
-    text = f.trace(*(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)).lower(
-        lowering_platforms=("cuda",)).as_text()
+    args = (local, qb, kt, p, *_cotangents(1, 256, 2, K, V))
+    text = _cuda_text(functools.partial(sweep_mosaic, block_v=block_v, stages=stages, consumers=consumers), args)
     assert "mosaic_gpu" in text
 
 
@@ -102,9 +101,13 @@ def test_lowering_rejects_configurations_over_shared_memory():
 
 
 def _lower_for_cuda(K, V, block_v, stages, consumers, save=False):
-    args = _inputs(1, 256, 2, K, V, interpret=True)
+    fn = functools.partial(pass_forward_mosaic, block_v=block_v, stages=stages, consumers=consumers, save=save)
+    return _cuda_text(fn, _inputs(1, 256, 2, K, V, interpret=True))
+
+
+def _cuda_text(fn, args):
+    """fn(*args) traced on abstract values and lowered for CUDA (no GPU needed): the module's text."""
     leaves, tree = jax.tree.flatten(args)
-    f = jax.jit(lambda *a: pass_forward_mosaic(*jax.tree.unflatten(tree, a), block_v=block_v, stages=stages,
-                                               consumers=consumers, save=save))
+    f = jax.jit(lambda *a: fn(*jax.tree.unflatten(tree, a)))
     return f.trace(*(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)).lower(
         lowering_platforms=("cuda",)).as_text()
