@@ -16,7 +16,7 @@ import pytest
 from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
-from mdn_jax.pallas import common
+from mdn_jax.pallas import common, mosaic_pass
 from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import VECS, chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
@@ -335,6 +335,48 @@ def test_interpret_grads_with_env_switches(monkeypatch, env):
     assert_grads_close(g, grads("xla", inputs, init), 1e-4, env)
 
 
+def _count_mosaic_calls(monkeypatch):
+    """Counts the traced calls of the Mosaic GPU passes: {'forward': n, 'forward_save': n, 'sweep': n}."""
+    calls = dict.fromkeys(("forward", "forward_save", "sweep"), 0)
+
+    def counted(fn, name_of):
+        def call(*args, **kwargs):
+            calls[name_of(kwargs)] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(mosaic_pass, "pass_forward_mosaic", counted(
+        mosaic_pass.pass_forward_mosaic, lambda kw: "forward_save" if kw.get("save") else "forward"))
+    monkeypatch.setattr(mosaic_pass, "sweep_mosaic", counted(mosaic_pass.sweep_mosaic, lambda kw: "sweep"))
+    return calls
+
+
+@pytest.mark.parametrize("T,with_init", [(130, True), (64, False)])
+def test_interpret_mosaic_passes_forward_and_grads(monkeypatch, T, with_init):
+    """MDN_MOSAIC=1: the sequential passes as the Mosaic GPU kernels (interpret mode) inside the op == 'xla'."""
+    inputs, init = make_inputs(19 + T, B=2, T=T, H=1, K=64, V=128, with_init=with_init)
+    calls = _count_mosaic_calls(monkeypatch)
+    out, g = _run_and_grads_with_env(monkeypatch, "MDN_MOSAIC=1", inputs, init)
+    assert all(calls.values()), calls  # forward alone, forward saving, sweep
+    assert_close(out, run("xla", inputs, init), 1e-4, "mosaic")
+    assert_grads_close(g, grads("xla", inputs, init, seed=0), 1e-4, "mosaic")
+
+
+def test_interpret_mosaic_switch_keeps_triton_for_packed_sequences(monkeypatch):
+    """cu_seqlens (not dense rows): MDN_MOSAIC=1 leaves the Triton passes, which read the layout tables."""
+    inputs, _ = make_inputs(23, B=1, T=150, H=1, K=64, V=128, with_init=False)
+    cu = jnp.asarray([0, 70, 150], jnp.int32)
+    calls = _count_mosaic_calls(monkeypatch)
+    monkeypatch.setenv("MDN_MOSAIC", "1")
+    _op.cache_clear()
+    try:
+        out = run("pallas", inputs, None, cu_seqlens=cu)
+    finally:
+        _op.cache_clear()
+    assert not any(calls.values()), calls
+    assert_close(out, run("xla", inputs, None, cu_seqlens=cu), 1e-4, "cu_seqlens")
+
+
 def test_interpret_local_vjp_kernel_bf16_operands():
     _check_local_vjp_kernel(_local_inputs(4, 1, 128, 2, 64, 128), 64, jnp.bfloat16, 2e-2, interpret=True)
 
@@ -432,6 +474,32 @@ def test_gpu_forward_and_grads_env_switches(monkeypatch, env, dtype, tol, T, K, 
     out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)
     assert_close(out, run("xla", ref_inputs, init), tol, what)
     assert_grads_close(g, grads("xla", ref_inputs, init), 2 * tol, what)
+
+
+@gpu
+@pytest.mark.parametrize("T,K,V", [(1024, 128, 256), (300, 64, 128), (130, 100, 128)])
+def test_gpu_mosaic_passes_forward_and_grads(monkeypatch, T, K, V):
+    """MDN_MOSAIC=1: the op through the Mosaic GPU passes (bf16) against the fp32 reference."""
+    inputs, init, ref_inputs = _gpu_case(T + K + V + 2, T, K, V, jnp.bfloat16)
+    calls = _count_mosaic_calls(monkeypatch)
+    out, g = _run_and_grads_with_env(monkeypatch, "MDN_MOSAIC=1", inputs, init)
+    assert all(calls.values()), calls
+    assert_close(out, run("xla", ref_inputs, init), 1e-2, f"mosaic T={T} K={K} V={V}")
+    assert_grads_close(g, grads("xla", ref_inputs, init), 2e-2, f"mosaic T={T} K={K} V={V}")
+
+
+@gpu
+def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch):
+    """At S400's heads (B=8, H=6, K=128, V=256, bf16) the default picks the Mosaic passes; the result matches."""
+    inputs, init, ref_inputs = _gpu_case(29, 256, 128, 256, jnp.bfloat16, B=8, H=6)
+    calls = _count_mosaic_calls(monkeypatch)
+    _op.cache_clear()
+    try:
+        out = run("pallas", inputs, init)
+    finally:
+        _op.cache_clear()
+    assert calls["forward"] == 1, calls
+    assert_close(out, run("xla", ref_inputs, init), 1e-2, "S400 heads")
 
 
 @gpu

@@ -1,6 +1,7 @@
 """The block-size and pipelining table of the Pallas kernels (`mdn_jax.pallas.tuning`)."""
 
 import jax.numpy as jnp
+import pytest
 
 from mdn_jax.pallas import tuning
 
@@ -35,3 +36,25 @@ def test_forward_pass_pipelines_only_small_blocks():
     assert tuning.num_stages("pass", 256, jnp.bfloat16, block_v=16) == 1  # [C, 256] bf16 tiles: shared memory
     assert tuning.num_stages("pass_save", 128, jnp.bfloat16, block_v=32) == 2
     assert tuning.num_stages("grads", 256, jnp.float32) == 1
+
+
+def test_mosaic_passes_for_dense_s400_on_the_gpu_only():
+    cfg = tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False)
+    assert cfg == tuning.MosaicConfig(block_v=64, stages=1, consumers=2)
+    assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=True) is None
+    assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=False, interpret=False) is None  # cu_seqlens
+    assert tuning.mosaic_config(128, 256, 8 * 6, jnp.float32, dense=True, interpret=False) is None
+    assert tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False) is None  # 1.3B: slower
+    assert tuning.mosaic_config(128, 256, 6, jnp.bfloat16, dense=True, interpret=False) is None  # few programs
+
+
+def test_mosaic_env_switch(monkeypatch):
+    monkeypatch.setenv("MDN_MOSAIC", "1")
+    assert tuning.mosaic_config(64, 128, 2, jnp.float32, dense=True, interpret=True) is not None
+    assert tuning.mosaic_config(64, 128, 2, jnp.float32, dense=True, interpret=False) is None  # wgmma: 16-bit
+    assert tuning.mosaic_config(64, 128, 2, jnp.float32, dense=False, interpret=True) is None
+    monkeypatch.setenv("MDN_MOSAIC", "0")
+    assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False) is None
+    monkeypatch.setenv("MDN_MOSAIC", "yes")
+    with pytest.raises(ValueError, match="MDN_MOSAIC"):
+        tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False)

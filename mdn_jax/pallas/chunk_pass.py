@@ -21,7 +21,8 @@ adjoint recurrence of spec 4.2 (B1)-(B2) with the output's contributions formed 
 Residual policy: the forward under differentiation saves the chunk-start states S_c, M_c and N_c (operand dtype:
 bf16 in training); the backward is one reverse sweep, then every cotangent of the pass's operands is a product of
 saved tensors, parallel over chunks (`mdn_jax.pallas.chunk_grads`), returned as the cotangents of (U, Y, Z, Kg,
-Kr) that the chunk-local VJP takes.
+Kr) that the chunk-local VJP takes. With a `tuning.MosaicConfig` (dense rows) the forward pass and the reverse
+sweep run as the Mosaic GPU kernels of `mdn_jax.pallas.mosaic_pass` instead, the same products and outputs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.pallas import chunk_grads, common, tuning
+from mdn_jax.pallas import chunk_grads, common, mosaic_pass, tuning
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, vec_columns
 
 
@@ -144,14 +145,19 @@ def _bwd_kernel(init_ref, final_ref, decay_ref, vec_ref, t_ref, attn_ref, qb_ref
 
 
 def pass_forward(local: LocalOutputs, qb, kt, p, v, s0, m0, chunk_init, chunk_final, *, save, block_v, interpret,
-                 num_warps):
+                 num_warps, mosaic: tuning.MosaicConfig | None = None):
     """The sequential pass with fused output.
 
     local: the chunk-local stage's outputs ([B*HV, NC, ...]); qb, kt, p: [B, NC * C, HV, K] and v:
     [B, NC * C, HV, V] (operand dtype, the op's layout); s0, m0: [N, HV, K, V] float32 start-state table;
     chunk_init, chunk_final: [B, NC] int32 (see `mdn_jax.ops.layout`). Returns O [B, NC * C, HV, V] and the
-    final (S, M) [N, HV, K, V]; save: also `PassResiduals` for `pass_backward`.
+    final (S, M) [N, HV, K, V]; save: also `PassResiduals` for `pass_backward`. mosaic: the Mosaic GPU kernel
+    (dense rows only: chunk_init, chunk_final are then those of `dense_layout` and not read).
     """
+    if mosaic is not None:
+        o, fs, fm, *res = mosaic_pass.pass_forward_mosaic(local, qb, kt, p, v, s0, m0, save=save,
+                                                          interpret=interpret, **mosaic._asdict())
+        return (o, fs, fm, PassResiduals(*res)) if save else (o, fs, fm)
     BH, NC = local.t.shape[:2]
     K, V = kt.shape[-1], v.shape[-1]
     n_states, HV = s0.shape[:2]
@@ -173,13 +179,14 @@ def pass_forward(local: LocalOutputs, qb, kt, p, v, s0, m0, chunk_init, chunk_fi
 
 
 def pass_backward(local: LocalOutputs, res: PassResiduals, qb, kt, p, s0, chunk_init, chunk_final, do, gfs, gfm, *,
-                  block_v, interpret, num_warps):
+                  block_v, interpret, num_warps, mosaic: tuning.MosaicConfig | None = None):
     """The reverse sweep and the pass cotangents, from `pass_forward`'s inputs and residuals.
 
     do: [B, NC * C, HV, V] cotangent of O; gfs, gfm: [N, HV, K, V] those of the final states. Returns the
     cotangents of the chunk-local stage's quantities in the layouts of `mdn_jax.pallas.local_vjp.local_stage_vjp`:
     (a, b, decay) [B*HV, NC, C] float32, (qb, attn, u, y, z, kg, kr) [B*HV, NC, C, .] in the operand dtype; and
-    those of s0, m0 [N, HV, K, V] (zero for table rows no sequence starts from).
+    those of s0, m0 [N, HV, K, V] (zero for table rows no sequence starts from). mosaic: the reverse sweep as
+    the Mosaic GPU kernel (dense rows, as in `pass_forward`).
     """
     BH, NC, K, V = res.s_start.shape
     C = local.t.shape[-1]
@@ -193,9 +200,13 @@ def pass_backward(local: LocalOutputs, res: PassResiduals, qb, kt, p, s0, chunk_
                  jax.ShapeDtypeStruct((BH, NC, C, V), lam_dtype), jax.ShapeDtypeStruct(s0.shape, acc),
                  jax.ShapeDtypeStruct(s0.shape, acc))
     do_op = do.astype(op_dtype)
-    ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps,
-                                       chunk_init, chunk_final, local.decay, local.vecs, local.t, local.attn, qb, kt, p,
-                                       do_op, gfs, gfm, stages=tuning.num_stages("pass_bwd", K, op_dtype))
+    if mosaic is not None:
+        ls, lm, dn, ds0, dm0 = mosaic_pass.sweep_mosaic(local, qb, kt, p, do_op, gfs, gfm, interpret=interpret,
+                                                        **mosaic._asdict())
+    else:
+        ls, lm, dn, ds0, dm0 = common.call(kernel, (BH, V // block_v), out_shape, interpret, num_warps, chunk_init,
+                                           chunk_final, local.decay, local.vecs, local.t, local.attn, qb, kt, p,
+                                           do_op, gfs, gfm, stages=tuning.num_stages("pass_bwd", K, op_dtype))
     # Cotangents of the pass's operands, parallel over chunks (ls, lm: cotangents of the chunk-END states).
     cfg = tuning.grads_config()
     a, b = (local.vecs[:, :, VECS.index(name)] for name in ("a", "b"))

@@ -4,7 +4,8 @@ The op is one custom_vjp: forward = `chunk_local.chunk_local` then `chunk_pass.p
 differentiation also saves the chunk states); backward = `chunk_pass.pass_backward` (reverse sweep and pass
 cotangents), then the chunk-local VJP: the kernels of `mdn_jax.pallas.chunk_local_bwd` and
 `mdn_jax.pallas.gate_vjp` from the saved T and gate coefficients (`MDN_LOCAL_VJP_KERNEL=0`: `local_stage_vjp`,
-the same products in XLA).
+the same products in XLA). For dense rows the sequential passes may run in Mosaic GPU instead of Triton
+(`tuning.mosaic_config`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.chunk_pass import pass_backward, pass_forward
 from mdn_jax.pallas.local_vjp import local_stage_vjp
-from mdn_jax.pallas.tuning import BlockConfig, block_config, local_vjp_config, use_gate_vjp_kernel
+from mdn_jax.pallas.mosaic_pass import supported as mosaic_supports
+from mdn_jax.pallas.tuning import BlockConfig, block_config, local_vjp_config, mosaic_config, use_gate_vjp_kernel
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -45,14 +47,15 @@ def _core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final
     """O [B, Tp, HV, V] and the final (S, M) table; qb, kt, p, v in op_dtype."""
     local = _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg, False)
     return pass_forward(local, qb, kt, p, v, s0, m0, chunk_init, chunk_final, save=False, block_v=cfg.block_v_infer,
-                        interpret=interpret, num_warps=cfg.num_warps)
+                        interpret=interpret, num_warps=cfg.num_warps, mosaic=cfg.mosaic)
 
 
 def _core_fwd(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret,
               cfg):
     local, local_res = _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg, True)
     o, fs, fm, pass_res = pass_forward(local, qb, kt, p, v, s0, m0, chunk_init, chunk_final, save=True,
-                                       block_v=cfg.block_v_save, interpret=interpret, num_warps=cfg.num_warps)
+                                       block_v=cfg.block_v_save, interpret=interpret, num_warps=cfg.num_warps,
+                                       mosaic=cfg.mosaic)
     res = (qb, kt, p, v, log_alpha, log_mu, beta, s0, chunk_init, chunk_final, local, local_res, pass_res)
     return (o, fs, fm), res
 
@@ -60,7 +63,8 @@ def _core_fwd(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_f
 def _core_bwd(chunk, op_dtype, interpret, cfg, res, cot):
     qb, kt, p, v, log_alpha, log_mu, beta, s0, chunk_init, chunk_final, local, local_res, pass_res = res
     local_cot, (ds0, dm0) = pass_backward(local, pass_res, qb, kt, p, s0, chunk_init, chunk_final, *cot,
-                                          block_v=cfg.block_v, interpret=interpret, num_warps=cfg.num_warps)
+                                          block_v=cfg.block_v, interpret=interpret, num_warps=cfg.num_warps,
+                                          mosaic=cfg.mosaic)
     inputs = (qb, kt, p, v, log_alpha, log_mu, beta)
     vjp_cfg = local_vjp_config()
     if vjp_cfg.use_kernel:
@@ -75,12 +79,14 @@ def _core_bwd(chunk, op_dtype, interpret, cfg, res, cot):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None):
+def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None,
+                dense_rows: bool = False):
     """Same contract as `mdn_jax.ops.chunked.chunked_core`.
 
     operand_dtype: dtype of the tensor-core operands in the kernels (the op's input dtype; bf16 in
       training), accumulation in float32. interpret: run the kernels in Pallas interpret mode (default:
-      when no GPU is present).
+      when no GPU is present). dense_rows: the layout is `dense_layout`'s (one sequence per row, N = B), which
+      lets the sequential passes run as the Mosaic GPU kernels (`tuning.mosaic_config`).
     """
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
@@ -92,6 +98,10 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     op_dtype = jnp.dtype(operand_dtype or x.qb.dtype)
     if op_dtype == jnp.float64 and not interpret:
         raise TypeError("implementation='pallas' on GPU takes float32/bfloat16/float16 inputs, not float64")
+    mosaic = mosaic_config(Kp, Vp, B * HV, op_dtype, dense=dense_rows and x.s0.dtype == jnp.float32,
+                           interpret=interpret)
+    if mosaic is not None and mosaic_supports(Kp, Vp, C, mosaic.block_v, mosaic.consumers):
+        cfg = cfg._replace(mosaic=mosaic)
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
     v = _pad_last(x.v, Vp)

@@ -1,4 +1,5 @@
-"""The Mosaic GPU prototypes of the sequential passes (`experiments/mosaic_pass.py`) against the Triton kernels."""
+"""The Mosaic GPU sequential passes (`mdn_jax.pallas.mosaic_pass`) against the Triton kernels of `chunk_pass` on the
+same chunk-local outputs (helpers of `experiments/mosaic_pass.py`); the op through them in `test_pallas.py`."""
 
 import functools
 
@@ -15,9 +16,8 @@ from experiments.mosaic_pass import (
     _triton_sweep,
     check,
     check_sweep,
-    pass_forward_mosaic,
-    sweep_mosaic,
 )
+from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic, sweep_mosaic
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -46,9 +46,9 @@ def test_interpret_sweep_matches_triton_sweep(B, T, H, K, V, block_v, stages, co
     assert all(e < tol for e in errs), errs
 
 
-def test_rejects_shapes_outside_the_prototype():
+def test_rejects_shapes_outside_the_limits():
     args = _inputs(1, 64, 1, 32, 64, dtype=jnp.float32, interpret=True)
-    with pytest.raises(ValueError, match="prototype limits"):
+    with pytest.raises(ValueError, match="Mosaic pass limits"):
         pass_forward_mosaic(*args, block_v=64, interpret=True)
 
 

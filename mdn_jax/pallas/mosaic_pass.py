@@ -1,0 +1,289 @@
+"""The sequential passes in Mosaic GPU (wgmma, TMA) for dense rows: the forward pass (with or without the residual
+writes) and the reverse sweep of `mdn_jax.pallas.chunk_pass`, the same recurrences with the same operands.
+
+One program per (row x value head, value columns), as the Triton pass: S and M ([K, block_v] float32) are
+carried in registers across the chunks; each chunk's tiles (P, Qb, Kt [C, K], T, attn [C, C], V, the [C] vectors
+and decays) arrive by TMA, and the eight products of a chunk step run as wgmma from shared memory:
+
+    R = V - diag(d) P S + diag(e) P M,   N = T R,   O = diag(a) Qb S - diag(b) Qb M + attn N,
+    S' = a_L S - b_L M + Kt^T diag(Gamma_L) N,   M' = m_L M - Kt^T diag(rho) N.
+
+The reverse sweep (`sweep_mosaic`) runs the chunks backwards with the same machinery and the seven products of
+`chunk_pass._bwd_kernel`'s step. consumers=1: one warpgroup loads (`plgpu.emit_pipeline`, `stages` chunks in
+flight) and computes block_v columns; consumers=2: two compute warpgroups of block_v columns each share the K-side
+tiles that a memory warpgroup brings (`plgpu.emit_pipeline_warp_specialized`): half the programs and half the
+K-side reads. H200, S400 (experiments/results/h200_2026-12-02_0bbac19): block_v 64 with 2 consumers, forward
+0.47 ms vs 0.54 for the Triton pass, saving forward 0.62 vs 0.85, sweep 0.56 vs 0.77; at K=256 only one consumer
+at one stage fits shared memory, and that is 2.3-2.9x slower than the Triton kernels (see `tuning.mosaic_config`).
+
+Limits (`supported`): dense rows (one sequence per row: chunk_init/chunk_final of `ops.layout.dense_layout`), chunk
+size 64 (the wgmma M of the [C, C] products), K a multiple of 64 (two consumers: at most 128) and V of consumers *
+block_v, 16-bit operands on the GPU. Interpret mode (CPU) drops the shared-memory tiling/swizzle transforms, which
+the interpreter rejects.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
+
+_ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
+
+
+def _products(*pairs):
+    """wgmma a @ b for each (a, b) into fresh float32 accumulators, issued together, then read."""
+    def run(*accs):
+        for acc, (a, b) in zip(accs, pairs, strict=True):
+            plgpu.wgmma(acc, a, b)
+        return tuple(acc[...] for acc in accs)
+    return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
+
+
+def _row_scales(vec_s, C, block_v):
+    """The chunk's [C] vectors (shared memory [len(VECS), C]) by name, broadcast over [C, block_v] wgmma tiles."""
+    return {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=_ROW, optimized=False), (C, block_v), [0])
+            for i, name in enumerate(VECS)}
+
+
+def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
+    """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile (and with residual
+    refs in out_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
+    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch."""
+    vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
+    s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
+    o_ref, *res_refs = out_refs
+    S, M = carry
+    C, block_v = v_s.shape
+    op, f32 = qb_s.dtype, jnp.float32
+    col = _row_scales(vec_s, C, block_v)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous step's stores have read their buffers
+    s_smem[...] = S.astype(op)
+    m_smem[...] = M.astype(op)
+    plgpu.commit_smem()
+    if res_refs:  # the chunk-start states, as the backward reads them
+        plgpu.copy_smem_to_gmem(s_smem, res_refs[0].at[bh, c, :, vs])
+        plgpu.copy_smem_to_gmem(m_smem, res_refs[1].at[bh, c, :, vs])
+    ps, pm = _products((p_s, s_smem), (p_s, m_smem))
+    rn_smem[...] = (v_s[...].astype(f32) - col["d"] * ps + col["e"] * pm).astype(op)  # R
+    plgpu.commit_smem()
+    (n,) = _products((t_s, rn_smem))
+    rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
+    gn_smem[...] = (col["g_last"] * n).astype(op)
+    hn_smem[...] = (col["rho"] * n).astype(op)
+    plgpu.commit_smem()
+    if res_refs:
+        plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
+    qs, qm, an = _products((qb_s, s_smem), (qb_s, m_smem), (attn_s, rn_smem))
+    o_smem[...] = (col["a"] * qs - col["b"] * qm + an).astype(op)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(o_smem, o_ref.at[row, pl.ds(c * C, C), head, vs])
+    kt_t = kt_s.transpose((1, 0))
+    ks, km = _products((kt_t, gn_smem), (kt_t, hn_smem))
+    a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
+    return a_l * S - b_l * M + ks, m_l * M - km
+
+
+def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
+    """One chunk of the reverse sweep (adjoint recurrence, T form, `chunk_pass._bwd_kernel`) for one [K, block_v]
+    block of (lS, lM): writes lS, lM and dN of the chunk by TMA (waited for at the next step) and returns the
+    cotangents of the chunk-start states."""
+    vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, do_s = tiles
+    ls_smem, lm_smem, dn_smem, ado_smem, bdo_smem, ew_smem = bufs
+    ls_ref, lm_ref, dn_ref = out_refs
+    lS, lM = carry
+    C, block_v = do_s.shape
+    op, f32 = qb_s.dtype, jnp.float32
+    col = _row_scales(vec_s, C, block_v)
+    T = lambda ref: ref.transpose((1, 0))  # noqa: E731 - a transposed shared-memory operand
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous step's stores have read their buffers
+    ls_smem[...] = lS.astype(op)
+    lm_smem[...] = lM.astype(op)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(ls_smem, ls_ref.at[bh, c, :, vs])
+    plgpu.copy_smem_to_gmem(lm_smem, lm_ref.at[bh, c, :, vs])
+    attn_do, k_ls, k_lm = _products((T(attn_s), do_s), (kt_s, ls_smem), (kt_s, lm_smem))
+    do = do_s[...].astype(f32)
+    dn_smem[...] = (attn_do + col["g_last"] * k_ls - col["rho"] * k_lm).astype(op)
+    ado_smem[...] = (col["a"] * do).astype(op)
+    bdo_smem[...] = (col["b"] * do).astype(op)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(dn_smem, dn_ref.at[bh, c, :, vs])
+    (w,) = _products((T(t_s), dn_smem))  # W = T^T dN
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: diag(d) W goes there
+    dn_smem[...] = (col["d"] * w).astype(op)
+    ew_smem[...] = (col["e"] * w).astype(op)
+    plgpu.commit_smem()
+    q_a, q_b, p_d, p_e = _products((T(qb_s), ado_smem), (T(qb_s), bdo_smem), (T(p_s), dn_smem), (T(p_s), ew_smem))
+    a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
+    return a_l * lS + q_a - p_d, -b_l * lS + m_l * lM - q_b + p_e
+
+
+def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block_v, stages, consumers):
+    """Run step(c, tiles, bufs, carry, vs) -> carry over the chunks of this program's row, the chunk tiles brought by
+    TMA. consumers 1: one warpgroup loads (`emit_pipeline`) and computes; 2: two compute warpgroups, each with its
+    own block_v columns (vs) and scratch, share the tiles (the last, value-side one [C, 2 block_v] is split) that a
+    third (memory) warpgroup brings (`emit_pipeline_warp_specialized`). start(vs) -> the first carry;
+    finish(carry, vs) writes the last."""
+    vb = lax.axis_index("vb")
+
+    def wg_index():
+        return lax.axis_index("wg") if consumers > 1 else 0
+
+    def columns():  # this warpgroup's V columns
+        return pl.ds((vb * consumers + wg_index()) * block_v, block_v)
+
+    def body(idx, *tiles_and_carry):
+        *tiles, carry = tiles_and_carry
+        wg = wg_index()
+        if consumers > 1:
+            tiles[-1] = tiles[-1].at[:, pl.ds(wg * block_v, block_v)]
+        return step(idx[0], tiles, tuple(b.at[wg] for b in bufs), carry, columns())
+
+    def run(pipeline):
+        vs = columns()
+        finish(pipeline(start(vs)), vs)
+        plgpu.wait_smem_to_gmem(0)  # the last step's stores
+
+    if consumers == 1:
+        run(lambda carry: plgpu.emit_pipeline(body, grid=(num_chunks,), in_specs=in_specs,
+                                              max_concurrent_steps=stages, init_carry=carry)(*gmem))
+    else:
+        plgpu.emit_pipeline_warp_specialized(
+            body, grid=(num_chunks,), memory_registers=40, in_specs=in_specs, wg_axis="wg",
+            num_compute_wgs=consumers, max_concurrent_steps=stages, compute_context=run)(*gmem)
+
+
+def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms):
+    """BlockSpecs of a chunk's tiles (vecs, decay, T, attn, Qb, Kt, P and the value-side [C, v_cols] tile), chunk
+    chunk_index(step) at pipeline step `step`."""
+    spec = functools.partial(plgpu.BlockSpec, transforms=transforms)
+    ci = chunk_index
+    specs = [plgpu.BlockSpec((None, None, len(VECS), C), lambda s: (bh, ci(s), 0, 0)),
+             plgpu.BlockSpec((None, None, C), lambda s: (bh, ci(s), 0)),
+             spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0)),
+             spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0))]
+    specs += [spec((None, C, None, K), lambda s: (row, ci(s), head, 0)) for _ in range(3)]
+    return specs + [spec((None, C, None, v_cols), lambda s: (row, ci(s), head, vb))]
+
+
+def _state_io(row, head, srcs, dsts):
+    """start(vs): the carry loaded from the float32 [N, HV, K, V] tables srcs; finish(carry, vs): stored into dsts
+    (this program's row, head and V columns vs)."""
+    def start(vs):
+        return tuple(plgpu.load(r.at[row, head, :, vs], layout=plgpu.Layout.WGMMA, optimized=False) for r in srcs)
+
+    def finish(carry, vs):
+        for r, x in zip(dsts, carry, strict=True):
+            r[row, head, :, vs] = x
+    return start, finish
+
+
+def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
+            *res_refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms):
+    res_refs, bufs = res_refs_and_bufs[:3 * save], res_refs_and_bufs[3 * save:]
+    bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
+    row, head = bh // num_heads, bh % num_heads
+    C, K = t_ref.shape[-1], qb_ref.shape[-1]
+    in_specs = _chunk_specs(lambda s: s, bh, row, head, vb, C, K, consumers * block_v, transforms)
+    start, finish = _state_io(row, head, (s0_ref, m0_ref), (fs_ref, fm_ref))
+
+    def step(c, tiles, mine, carry, vs):
+        return _chunk_step(c, tiles, mine, carry, (o_ref, *res_refs), bh, row, head, vs)
+
+    _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
+                 bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
+
+
+def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref,
+                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms):
+    bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
+    row, head = bh // num_heads, bh % num_heads
+    C, K = t_ref.shape[-1], qb_ref.shape[-1]
+    last = num_chunks - 1
+    in_specs = _chunk_specs(lambda s: last - s, bh, row, head, vb, C, K, consumers * block_v, transforms)
+    start, finish = _state_io(row, head, (gfs_ref, gfm_ref), (ds0_ref, dm0_ref))
+
+    def step(s, tiles, mine, carry, vs):
+        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs)
+
+    _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref), in_specs, start, finish,
+                 bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
+
+
+def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, consumers, interpret):
+    """plgpu.kernel over (BH, V / (consumers block_v)) programs with per-warpgroup shared-memory scratch:
+    n_bufs_k [K, block_v] and n_bufs_c [C, block_v] tiles in the operand dtype."""
+    transforms = () if interpret else (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    smem = lambda *shape: plgpu.SMEM((consumers,) + shape, op, transforms=transforms)  # noqa: E731 - per warpgroup
+    scratch = [smem(K, block_v) for _ in range(n_bufs_k)] + [smem(C, block_v) for _ in range(n_bufs_c)]
+    threads = dict(num_threads=consumers + 1, thread_name="wg") if consumers > 1 else {}
+    return plgpu.kernel(functools.partial(kernel, transforms=transforms), out_type=out_type, scratch_types=scratch,
+                        grid=(BH, V // (consumers * block_v)), grid_names=("bh", "vb"),
+                        interpret=plgpu.InterpretGPUParams() if interpret else False, **threads)
+
+
+def supported(K: int, V: int, C: int, block_v: int, consumers: int) -> bool:
+    """Whether the kernels take these shapes (dense rows assumed): C = 64, K a multiple of 64, V of consumers *
+    block_v, block_v a multiple of 64 (one 128-byte swizzled row of 16-bit operands); two consumers only up to
+    K = 128 (at K = 256 their tiles and scratch need 330 KB of shared memory, of 227)."""
+    shapes = C == 64 and K % 64 == 0 and block_v % 64 == 0 and V % (consumers * block_v) == 0
+    return shapes and (consumers == 1 or (consumers == 2 and K <= 128))
+
+
+def _check(K, V, C, block_v, consumers, state_shape, expected):
+    if not supported(K, V, C, block_v, consumers) or state_shape != expected:
+        raise ValueError(f"Mosaic pass limits: K={K}, V={V}, chunk={C}, block_v={block_v}, consumers={consumers}, "
+                         f"states {state_shape} (dense rows: expected {expected})")
+
+
+def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64, stages=1, consumers=2,
+                        save=False, interpret=False):
+    """The forward pass of dense rows: O [B, Tp, HV, V] (operand dtype) and the final (S, M) [B, HV, K, V]
+    float32; save: also the chunk-start states S_c, M_c [B*HV, NC, K, V] and N_c [B*HV, NC, C, V] (operand dtype,
+    the fields of `chunk_pass.PassResiduals`). s0, m0: [B, HV, K, V] float32, one sequence per row; the other
+    arguments as `chunk_pass.pass_forward`'s. stages: chunks in flight (S400 fits 2 at block_v 64 with one
+    consumer, 1 with two); consumers: compute warpgroups per program (1 or 2, each with its own block_v state
+    columns; 2 adds a memory warpgroup)."""
+    B, Tp, HV, K = kt.shape
+    V = v.shape[-1]
+    BH, NC, C = local.t.shape[:3]
+    _check(K, V, C, block_v, consumers, s0.shape, (B, HV, K, V))
+    op = kt.dtype
+    out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct(s0.shape, jnp.float32),
+                jax.ShapeDtypeStruct(m0.shape, jnp.float32))
+    if save:
+        out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
+                     jax.ShapeDtypeStruct((BH, NC, C, V), op))
+    kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
+                               consumers=consumers, save=save)
+    call = _launch(kernel, out_type, 2, 4, K, C, BH, V, op, block_v=block_v, consumers=consumers,
+                   interpret=interpret)
+    return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
+
+
+def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, stages=1, consumers=2,
+                 interpret=False):
+    """The reverse sweep of dense rows: (lS, lM) [B*HV, NC, K, V] (the cotangents of the chunk-END states), dN
+    [B*HV, NC, C, V] (operand dtype) and the cotangents of the start states [B, HV, K, V] float32, from do
+    [B, Tp, HV, V] and gfs, gfm [B, HV, K, V] float32 (those of the final states); what the Triton sweep of
+    `chunk_pass.pass_backward` gives before the pass cotangents."""
+    B, Tp, HV, K = kt.shape
+    V = do.shape[-1]
+    BH, NC, C = local.t.shape[:3]
+    _check(K, V, C, block_v, consumers, gfs.shape, (B, HV, K, V))
+    op = kt.dtype
+    out_type = (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
+                jax.ShapeDtypeStruct((BH, NC, C, V), op), jax.ShapeDtypeStruct(gfs.shape, jnp.float32),
+                jax.ShapeDtypeStruct(gfm.shape, jnp.float32))
+    kernel = functools.partial(_sweep_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
+                               consumers=consumers)
+    call = _launch(kernel, out_type, 2, 4, K, C, BH, V, op, block_v=block_v, consumers=consumers,
+                   interpret=interpret)
+    return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, do.astype(op), gfs, gfm)
