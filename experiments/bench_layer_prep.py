@@ -10,7 +10,10 @@ with each variant swapped in, side by side in one process:
 - l2norm_vjp: the op's L2 norm with a hand-written VJP (dx = r (g - y sum(y g)), float32),
 - conv_lax: the short convolution as one depthwise `lax.conv_general_dilated` (cuDNN) instead of shifted adds
   (no segment masking: with --docs 0 only, beside the default without segment ids),
-- both: the two together.
+- both: the two together;
+and, to attribute the cost of packed documents (not the model's results: rel_diff is not ~0):
+- seg_conv_only: the segment ids reach the short convolutions only, not the op,
+- seg_op_only: they reach the op only, not the convolutions.
 
 Every variant's gradients are compared with the default's (relative difference) before it is timed.
     python experiments/bench_layer_prep.py [--batch 4 --seq 4096] [--out DIR]
@@ -35,6 +38,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mdn_jax.model import conv as conv_mod  # noqa: E402
+from mdn_jax.model import delta_mixers  # noqa: E402
 from mdn_jax.model.config import load_config  # noqa: E402
 from mdn_jax.model.model import make_mixer  # noqa: E402
 from mdn_jax.ops import api  # noqa: E402
@@ -79,18 +83,34 @@ def conv_lax_call(self, x, *, state=None, segment_ids=None):
     return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
 
 
+def _without_segment_ids(fn):
+    def call(*args, segment_ids=None, **kwargs):
+        del segment_ids
+        return fn(*args, **kwargs)
+    return call
+
+
 @contextlib.contextmanager
 def variant(name):
     """Swap the variant's pieces in (module attributes read at trace time), restore them after."""
-    saved = api.l2norm, conv_mod.ShortConv.__call__
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    saved = api.l2norm, conv_mod.ShortConv.__call__, delta_mixers.momentum_delta_rule
     if name in ("l2norm_vjp", "both"):
         api.l2norm = l2norm_vjp
     if name in ("conv_lax", "both"):
         conv_mod.ShortConv.__call__ = conv_lax_call
+    if name == "seg_conv_only":
+        delta_mixers.momentum_delta_rule = _without_segment_ids(saved[2])
+    if name == "seg_op_only":
+        conv_mod.ShortConv.__call__ = _without_segment_ids(saved[1])
     try:
         yield
     finally:
-        api.l2norm, conv_mod.ShortConv.__call__ = saved
+        api.l2norm, conv_mod.ShortConv.__call__, delta_mixers.momentum_delta_rule = saved
+
+
+VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only")
 
 
 def make_case(batch, seq, docs, config="momentum_deltanet_400M", seed=0, **overrides):

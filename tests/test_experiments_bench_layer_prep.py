@@ -1,7 +1,6 @@
 """The preprocessing variants of `experiments/bench_layer_prep.py` compute what the model computes."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -30,3 +29,15 @@ def test_variants_match_the_model(docs, variants):
 def test_conv_variant_rejects_segment_ids():
     with pytest.raises(NotImplementedError, match="segment"):
         run(["conv_lax"], batch=1, seq=64, docs=2, reps=1, config="tiny_mdn", implementation="xla")
+
+
+def test_segment_attribution_variants_run_and_differ():
+    rows = run(["default", "seg_conv_only", "seg_op_only"], batch=1, seq=64, docs=3, reps=1, config="tiny_mdn",
+               implementation="xla")
+    assert all(r["finite"] for r in rows)
+    assert rows[1]["rel_diff"] > 1e-3 and rows[2]["rel_diff"] > 1e-3  # each drops half of the resets
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="unknown variant"):
+        run(["fast"], batch=1, seq=64, docs=0, reps=1, config="tiny_mdn", implementation="xla")
