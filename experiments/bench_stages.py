@@ -46,11 +46,11 @@ def main():
     local = jax.jit(lambda x: chunk_local(x.qb, x.kt, x.p, x.log_alpha, x.log_mu, x.beta, chunk=64,
                                           op_dtype=jnp.bfloat16, interpret=False))
     res["local_kernels_fwd_ms"] = timeit(local, (x,), a.reps)
-    core = jax.jit(lambda x: pallas_core(x, 64, operand_dtype=jnp.bfloat16))
+    core = jax.jit(lambda x: pallas_core(x, 64, operand_dtype=jnp.bfloat16, dense_rows=True))
     res["pallas_core_fwd_ms"] = timeit(core, (x,), a.reps)
 
     def core_loss(x):
-        o, _ = pallas_core(x, 64, operand_dtype=jnp.bfloat16)
+        o, _ = pallas_core(x, 64, operand_dtype=jnp.bfloat16, dense_rows=True)
         return jnp.sum(o * do.astype(jnp.float32).reshape(o.shape))
 
     res["pallas_core_fwd_bwd_ms"] = timeit(jax.jit(jax.grad(core_loss, allow_int=True)), (x,), a.reps)
