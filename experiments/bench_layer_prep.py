@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +36,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments.common import timeit_queued  # noqa: E402
 from mdn_jax.model import conv as conv_mod  # noqa: E402
 from mdn_jax.model import delta_mixers  # noqa: E402
 from mdn_jax.model.config import load_config  # noqa: E402
@@ -139,18 +139,6 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def _queued_ms(fn, args, reps=20, groups=5):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(groups):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) * 1e3 / reps)
-    return sorted(times)[len(times) // 2]
-
-
 def run(variants, batch, seq, docs, reps=20, **overrides):
     graphdef, params, x, seg, w = make_case(batch, seq, docs, **overrides)
     args = (params, x, seg, w)
@@ -163,7 +151,7 @@ def run(variants, batch, seq, docs, reps=20, **overrides):
             rows.append(dict(variant=name, batch=batch, seq=seq, docs=docs, rel_diff=_rel(g, ref),
                              finite=bool(all(np.isfinite(np.asarray(t, np.float32)).all()
                                              for t in jax.tree.leaves(g))),
-                             ms=_queued_ms(fn, args, reps=reps)))
+                             ms=timeit_queued(fn, args, reps)))
     return rows
 
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from mdn_jax.ops import momentum_delta_rule
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.common import timeit_queued  # noqa: E402
 from experiments.shapes import SHAPES  # noqa: E402
 
 
@@ -65,23 +66,6 @@ def timeit(fn, args, reps):
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
-
-
-def timeit_queued(fn, args, reps, groups=5):
-    """Median over `groups` of the mean ms per call of `reps` calls queued back to back, waited for at the end.
-
-    The host stays ahead of the device, so this is the device's time per call, as event timing of
-    back-to-back launches (triton.testing.do_bench, used for ANCHORS.md) measures it.
-    """
-    jax.block_until_ready(fn(*args))
-    means = []
-    for _ in range(groups):
-        t0 = time.perf_counter()
-        outs = [fn(*args) for _ in range(reps)]
-        jax.block_until_ready(outs)
-        means.append((time.perf_counter() - t0) / reps)
-        del outs
-    return statistics.median(means) * 1e3
 
 
 def memory_gib(fn, args):

@@ -1,11 +1,14 @@
-"""Shared helpers of the experiment scripts: run metadata, model configs of matched size, result files."""
+"""Shared helpers of the experiment scripts: run metadata, device timing, model configs of matched size, result
+files."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import statistics
 import subprocess
+import time
 
 import jax
 
@@ -22,6 +25,23 @@ def run_info() -> dict:
     return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}", "n_devices": jax.device_count(),
             "jax": jax.__version__, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit}
+
+
+def timeit_queued(fn, args, reps, groups=5):
+    """Median over `groups` of the mean ms per call of `reps` calls queued back to back, waited for at the end.
+
+    The host stays ahead of the device, so this is the device's time per call, as event timing of
+    back-to-back launches (triton.testing.do_bench, used for ANCHORS.md) measures it.
+    """
+    jax.block_until_ready(fn(*args))
+    means = []
+    for _ in range(groups):
+        t0 = time.perf_counter()
+        outs = [fn(*args) for _ in range(reps)]
+        jax.block_until_ready(outs)
+        means.append((time.perf_counter() - t0) / reps)
+        del outs
+    return statistics.median(means) * 1e3
 
 
 def model_dict(kind: str, width: int, layers: int, vocab: int, max_len: int, head_dim: int = 64,

@@ -14,13 +14,13 @@ import functools
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments.common import timeit_queued  # noqa: E402
 from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.ops.layout import dense_layout  # noqa: E402
 from mdn_jax.pallas import chunk_pass, common, tuning  # noqa: E402
@@ -111,19 +111,6 @@ def check_sweep(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1,
     return [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
 
 
-def _queued_ms(fn, args, reps=20, groups=5):
-    """Median over groups of the mean device time per call of `reps` calls queued back to back."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(groups):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) * 1e3 / reps)
-    return sorted(times)[len(times) // 2]
-
-
 def bench(case, configs, mode="infer"):
     """GPU: a Triton kernel (its tuned block) and its Mosaic GPU version per (block_v, stages, consumers) on the
     same inputs: times and relative differences of the outputs. mode: 'infer' (the forward pass), 'save' (the
@@ -142,14 +129,14 @@ def bench(case, configs, mode="infer"):
     triton = jax.jit(functools.partial(triton_fn, block_v=triton_block, interpret=False, **extra))
     ref = _flat(triton(*args))
     base = dict(case=case, **shape, mode=mode)
-    rows = [dict(base, impl="triton", block_v=triton_block, ms=_queued_ms(triton, args))]
+    rows = [dict(base, impl="triton", block_v=triton_block, ms=timeit_queued(triton, args, 20))]
     for block_v, stages, consumers in configs:
         row = dict(base, impl="mosaic", block_v=block_v, stages=stages, consumers=consumers)
         try:
             mosaic = jax.jit(functools.partial(mosaic_fn, block_v=block_v, stages=stages, consumers=consumers,
                                                **extra))
             row["rel_err"] = [_rel(a, b) for a, b in zip(_flat(mosaic(*args)), ref, strict=True)]
-            row["ms"] = _queued_ms(mosaic, args)
+            row["ms"] = timeit_queued(mosaic, args, 20)
         except Exception as e:  # noqa: BLE001 - a lowering or compile failure is a result of the probe too
             row["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
         rows.append(row)
