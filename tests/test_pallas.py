@@ -6,6 +6,7 @@ compiled through Triton and compared in bf16 and fp32 with the fp32 references.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -313,17 +314,25 @@ def test_interpret_gate_vjp_kernel_matches_autodiff(C, gates):
         assert rel(x, r) < 1e-12, name
 
 
-def _run_and_grads_with_env(monkeypatch, env, inputs, init):
-    """run and grads('pallas', ...) with an environment switch of `mdn_jax.pallas.tuning` set (e.g.
-    MDN_LOCAL_VJP_KERNEL=0: the chunk-local VJP as XLA products): read while tracing, so trace anew and leave no
-    traces with it behind."""
-    name, value = env.split("=")
-    monkeypatch.setenv(name, value)
+@contextlib.contextmanager
+def _traced_anew(monkeypatch, env=None):
+    """The op traced anew inside (tuning's environment switches and spies on kernels act while tracing), with an
+    environment switch of `mdn_jax.pallas.tuning` set if given (e.g. MDN_LOCAL_VJP_KERNEL=0: the chunk-local VJP
+    as XLA products); no traces of it are left behind."""
+    if env is not None:
+        name, value = env.split("=")
+        monkeypatch.setenv(name, value)
     _op.cache_clear()
     try:
-        return run("pallas", inputs, init), grads("pallas", inputs, init)
+        yield
     finally:
         _op.cache_clear()
+
+
+def _run_and_grads_with_env(monkeypatch, env, inputs, init):
+    """run and grads('pallas', ...) with an environment switch of `mdn_jax.pallas.tuning` set."""
+    with _traced_anew(monkeypatch, env):
+        return run("pallas", inputs, init), grads("pallas", inputs, init)
 
 
 @pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0"])
@@ -367,12 +376,8 @@ def test_interpret_mosaic_switch_keeps_triton_for_packed_sequences(monkeypatch):
     inputs, _ = make_inputs(23, B=1, T=150, H=1, K=64, V=128, with_init=False)
     cu = jnp.asarray([0, 70, 150], jnp.int32)
     calls = _count_mosaic_calls(monkeypatch)
-    monkeypatch.setenv("MDN_MOSAIC", "1")
-    _op.cache_clear()
-    try:
+    with _traced_anew(monkeypatch, "MDN_MOSAIC=1"):
         out = run("pallas", inputs, None, cu_seqlens=cu)
-    finally:
-        _op.cache_clear()
     assert not any(calls.values()), calls
     assert_close(out, run("xla", inputs, None, cu_seqlens=cu), 1e-4, "cu_seqlens")
 
@@ -493,11 +498,8 @@ def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch):
     """At S400's heads (B=8, H=6, K=128, V=256, bf16) the default picks the Mosaic passes; the result matches."""
     inputs, init, ref_inputs = _gpu_case(29, 256, 128, 256, jnp.bfloat16, B=8, H=6)
     calls = _count_mosaic_calls(monkeypatch)
-    _op.cache_clear()
-    try:
+    with _traced_anew(monkeypatch):
         out = run("pallas", inputs, init)
-    finally:
-        _op.cache_clear()
     assert calls["forward"] == 1, calls
     assert_close(out, run("xla", ref_inputs, init), 1e-2, "S400 heads")
 
