@@ -13,7 +13,11 @@ with each variant swapped in, side by side in one process:
 - both: the two together;
 and, to attribute the cost of packed documents (not the model's results: rel_diff is not ~0):
 - seg_conv_only: the segment ids reach the short convolutions only, not the op,
-- seg_op_only: they reach the op only, not the convolutions.
+- seg_op_only: they reach the op only, not the convolutions,
+- no_seg: they reach neither (the layer as with --docs 0, in the same process).
+
+--profile DIR also traces a few calls of each variant (jax.profiler) and writes the device time per kernel,
+DIR/<variant>.md, to find what a variant adds.
 
 Every variant's gradients are compared with the default's (relative difference) before it is timed.
     python experiments/bench_layer_prep.py [--batch 4 --seq 4096] [--out DIR]
@@ -37,6 +41,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.common import timeit_queued  # noqa: E402
+from experiments.trace_summary import markdown, summarize  # noqa: E402
 from mdn_jax.model import conv as conv_mod  # noqa: E402
 from mdn_jax.model import delta_mixers  # noqa: E402
 from mdn_jax.model.config import load_config  # noqa: E402
@@ -102,15 +107,17 @@ def variant(name):
         conv_mod.ShortConv.__call__ = conv_lax_call
     if name == "seg_conv_only":
         delta_mixers.momentum_delta_rule = _without_segment_ids(saved[2])
-    if name == "seg_op_only":
+    if name in ("seg_op_only", "no_seg"):
         conv_mod.ShortConv.__call__ = _without_segment_ids(saved[1])
+    if name == "no_seg":
+        delta_mixers.momentum_delta_rule = _without_segment_ids(saved[2])
     try:
         yield
     finally:
         api.l2norm, conv_mod.ShortConv.__call__, delta_mixers.momentum_delta_rule = saved
 
 
-VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only")
+VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only", "no_seg")
 
 
 def make_case(batch, seq, docs, config="momentum_deltanet_400M", seed=0, **overrides):
@@ -139,7 +146,17 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run(variants, batch, seq, docs, reps=20, **overrides):
+def _profile(fn, args, out_dir, name, reps=3):
+    """Trace reps calls of fn and write the device time per kernel to out_dir/<name>.md."""
+    trace_dir = os.path.join(out_dir, "trace_" + name)
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(reps):
+            jax.block_until_ready(fn(*args))
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(f"{name}: {reps} calls\n\n" + markdown(summarize(trace_dir, top=30)) + "\n")
+
+
+def run(variants, batch, seq, docs, reps=20, profile_dir=None, **overrides):
     graphdef, params, x, seg, w = make_case(batch, seq, docs, **overrides)
     args = (params, x, seg, w)
     rows, ref = [], None
@@ -152,6 +169,8 @@ def run(variants, batch, seq, docs, reps=20, **overrides):
                              finite=bool(all(np.isfinite(np.asarray(t, np.float32)).all()
                                              for t in jax.tree.leaves(g))),
                              ms=timeit_queued(fn, args, reps)))
+            if profile_dir:
+                _profile(fn, args, profile_dir, name)
     return rows
 
 
@@ -163,8 +182,11 @@ def main():
     ap.add_argument("--docs", type=int, default=8, help="documents per row (segment ids; 0: none)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", default=None, help="DIR: trace each variant, device time per kernel in DIR")
     a = ap.parse_args()
-    rows = run(a.variants.split(","), a.batch, a.seq, a.docs, reps=a.reps)
+    if a.profile:
+        os.makedirs(a.profile, exist_ok=True)
+    rows = run(a.variants.split(","), a.batch, a.seq, a.docs, reps=a.reps, profile_dir=a.profile)
     for r in rows:
         print(json.dumps(r), flush=True)
     if a.out:

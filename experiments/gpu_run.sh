@@ -5,7 +5,10 @@
 # TESTS (0: skip the GPU tests), TEST_TIMEOUT, TEST_K (pytest -k), TEST_ARGS (e.g. -n 3: compile in parallel processes), FLA_BG (1: FLA parity test in the background of the tests), BENCH_ARGS,
 # BENCH (0: skip the op benchmark), BENCH_TIMEOUT, VARIANTS_BWD (1: time the variants forward+backward too), AUTHORS_ROOT (the authors' flash-linear-attention
 # folder: their kernels timed by bench_authors.py, AUTHORS_ARGS, AUTHORS_TIMEOUT; Triton's compile cache of their kernels comes
-# back as triton_authors.tgz: unpack it into .triton_authors (git-ignored) and carry that folder to skip the compiles). Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
+# back as triton_authors.tgz: unpack it into .triton_authors (git-ignored) and carry that folder to skip the compiles;
+# AUTHORS_WARM="1.3B S400-T32768": first compile their configs for each of these cases in its own process, side by side
+# (their compiles are CPU-bound; those processes' times, authors_warm_<case>.log, are contended and not used), within
+# AUTHORS_WARM_TIMEOUT; AUTHORS_TIMEOUT=0 skips the timed run, e.g. to time on the warm cache in the next call). Writes under $OUT: device.txt, stages.log, profile.log, variants.log, gpu_tests.log, bench.log, bench_ops.{json,md}.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 source experiments/gpu_setup.sh
 if [ "${STAGES:-1}" = 1 ]; then
@@ -32,9 +35,17 @@ if [ -n "${AUTHORS_ROOT:-}" ]; then
   # Their Triton kernels compile every autotuning config on a fresh machine (minutes): keep Triton's compile cache
   # in .triton_authors when it was carried (made from a previous call's triton_authors.tgz), and send it back.
   cache=/tmp/triton_authors; [ -d .triton_authors ] && cache=$PWD/.triton_authors
+  pids=()
+  for case in ${AUTHORS_WARM:-}; do
+    TRITON_CACHE_DIR=$cache timeout ${AUTHORS_WARM_TIMEOUT:-300} python3 experiments/bench_authors.py --no-gdn \
+      --fla-root "$AUTHORS_ROOT" --cases "$case" --out "/tmp/authors_warm_$case" > "$OUT/authors_warm_$case.log" 2>&1 &
+    pids+=($!)
+  done
+  [ ${#pids[@]} -gt 0 ] && { wait "${pids[@]}"; grep -h '^{' "$OUT"/authors_warm_*.log; }
   # shellcheck disable=SC2086
-  TRITON_CACHE_DIR=$cache timeout ${AUTHORS_TIMEOUT:-180} python3 experiments/bench_authors.py --fla-root "$AUTHORS_ROOT" \
-    --out "$OUT" ${AUTHORS_ARGS:-} 2>&1 | grep -vi warning | tee "$OUT/authors.log" | tail -8
+  [ "${AUTHORS_TIMEOUT:-180}" != 0 ] && TRITON_CACHE_DIR=$cache timeout ${AUTHORS_TIMEOUT:-180} python3 \
+    experiments/bench_authors.py --fla-root "$AUTHORS_ROOT" --out "$OUT" ${AUTHORS_ARGS:-} 2>&1 | grep -vi warning \
+    | tee "$OUT/authors.log" | tail -8
   # (a file over 16 MiB does not come back: 28 MiB on 2026-12-02 at the S400 case alone, so it stays behind then)
   [ -d "$cache" ] && tar czf /tmp/triton_authors.tgz -C "$cache" . && du -h /tmp/triton_authors.tgz \
     && [ "$(stat -c %s /tmp/triton_authors.tgz)" -lt 16000000 ] && mv /tmp/triton_authors.tgz "$OUT/"
