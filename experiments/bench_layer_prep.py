@@ -14,6 +14,8 @@ with each variant swapped in, side by side in one process:
 and, to attribute the cost of packed documents (not the model's results: rel_diff is not ~0):
 - seg_conv_only: the segment ids reach the short convolutions only, not the op,
 - seg_op_only: they reach the op only, not the convolutions,
+- conv_mask_mul: the convolutions' segment masking as products with [B, T, 1] masks in the activation dtype (one
+  per tap, from the position in the document) instead of selects,
 - no_seg: they reach neither (the layer as with --docs 0, in the same process).
 
 --profile DIR also traces a few calls of each variant (jax.profiler) and writes the device time per kernel,
@@ -88,6 +90,33 @@ def conv_lax_call(self, x, *, state=None, segment_ids=None):
     return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
 
 
+_SHORT_CONV_CALL = conv_mod.ShortConv.__call__
+
+
+def conv_mask_mul_call(self, x, *, state=None, segment_ids=None):
+    """`ShortConv.__call__` with each tap's segment mask a product (x.dtype) from the position in the document."""
+    if segment_ids is None:
+        return _SHORT_CONV_CALL(self, x, state=state)
+    B, T, C = x.shape
+    W = self.width
+    if state is None:
+        state = jnp.zeros((B, W - 1, C), x.dtype)
+    x_ext = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+    w = self.weight[...].astype(x.dtype)
+    t = jnp.arange(T)
+    starts = jnp.concatenate([jnp.ones((B, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    pos = t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)  # steps since the document began; row 0 starts one
+    y = jnp.zeros_like(x)
+    for tap in range(W):
+        xs = jax.lax.slice_in_dim(x_ext, tap, tap + T, axis=1)
+        if tap < W - 1:  # reaches back W - 1 - tap steps
+            xs = xs * (pos >= W - 1 - tap).astype(x.dtype)[..., None]
+        y = y + xs * w[tap]
+    if self.bias is not None:
+        y = y + self.bias[...].astype(x.dtype)
+    return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
+
+
 def _without_segment_ids(fn):
     def call(*args, segment_ids=None, **kwargs):
         del segment_ids
@@ -105,6 +134,8 @@ def variant(name):
         api.l2norm = l2norm_vjp
     if name in ("conv_lax", "both"):
         conv_mod.ShortConv.__call__ = conv_lax_call
+    if name == "conv_mask_mul":
+        conv_mod.ShortConv.__call__ = conv_mask_mul_call
     if name == "seg_conv_only":
         delta_mixers.momentum_delta_rule = _without_segment_ids(saved[2])
     if name in ("seg_op_only", "no_seg"):
@@ -117,7 +148,7 @@ def variant(name):
         api.l2norm, conv_mod.ShortConv.__call__, delta_mixers.momentum_delta_rule = saved
 
 
-VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only", "no_seg")
+VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only", "no_seg", "conv_mask_mul")
 
 
 def make_case(batch, seq, docs, config="momentum_deltanet_400M", seed=0, **overrides):

@@ -228,10 +228,11 @@ def test_cu_seqlens_float32(rng):
     _check_three_ways(x, case, jnp.float32, F32_TOL, F32_TOL, "cu_seqlens f32", cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("impl", ["scan", "xla"])
-def test_segment_ids(impl, rng, x64):
+@pytest.mark.parametrize("impl,p_times_alpha", [("scan", True), ("xla", True), ("xla", False)])
+def test_segment_ids(impl, p_times_alpha, rng, x64):
     """Documents inside rows (segment_ids [B, T]): each document equals a separate run; the initial state feeds
-    the first document of a row and the final state is the last document's; agrees with cu_seqlens."""
+    the first document of a row and the final state is the last document's; agrees with cu_seqlens. With
+    p_times_alpha p is zero at a reset through alpha = 0; without, the op zeroes it there itself."""
     B, T, H, HV, K, V = 2, 90, 1, 2, 8, 8
     seg = np.zeros((B, T), np.int32)
     seg[0, 20:] = 1
@@ -239,12 +240,12 @@ def test_segment_ids(impl, rng, x64):
     seg[0, 70:] = 3
     seg[1, 64:] = 5
     x = make_inputs(rng, B=B, T=T, H=H, HV=HV, K=K, V=V, init=True)
-    o, S, M = run_op(x, jnp.float64, impl, chunk_size=32, segment_ids=seg)
-    o_ref, S_ref, M_ref = mdn_reference(**x, segment_ids=seg)
+    o, S, M = run_op(x, jnp.float64, impl, chunk_size=32, segment_ids=seg, p_times_alpha=p_times_alpha)
+    o_ref, S_ref, M_ref = mdn_reference(**x, segment_ids=seg, p_times_alpha=p_times_alpha)
     assert_close(o, o_ref, F64_TOL, "o")
     assert_close(S, S_ref, F64_TOL, "S")
     assert_close(M, M_ref, F64_TOL, "M")
-    if impl == "scan":
+    if impl == "scan" or not p_times_alpha:
         return  # the comparisons below exercise the layouts; once is enough (compile time)
     # one document through the op on its own (dense layout), the row's first one with the initial state
     doc = {n: (a[1:2, :64] if a is not None else None) for n, a in x.items() if n != "initial_state"}

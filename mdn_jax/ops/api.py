@@ -83,14 +83,14 @@ def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=
     log_alpha, log_mu, beta, eta = (g.astype(dtype) for g in (log_alpha, log_mu, beta, eta))
     qb = scale * q
     kt = eta[..., None] * k
-    if p_times_alpha:
-        p = jnp.exp(log_alpha)[..., None] * p
-
     if segment_ids is not None:  # documents inside a row: forget the past through the gates
         reset = lay.segment_reset(segment_ids)[..., None]  # [B, T, 1] against the [B, T, HV] gates
         log_alpha = jnp.where(reset, -jnp.inf, log_alpha)
         log_mu = jnp.where(reset, -jnp.inf, log_mu)
-        p = jnp.where(reset[..., None], 0.0, p)  # [B, T, 1, 1] against p [B, T, HV, K]
+        if not p_times_alpha:  # with it, p = exp(-inf) p is 0 at a reset already (no [B, T, HV, K] select)
+            p = jnp.where(reset[..., None], 0.0, p)  # [B, T, 1, 1] against p [B, T, HV, K]
+    if p_times_alpha:
+        p = jnp.exp(log_alpha)[..., None] * p
 
     if cu_seqlens is not None:
         layout = lay.packed_layout(cu_seqlens, T, chunk_size)
