@@ -21,7 +21,7 @@ and, to attribute the cost of packed documents (not the model's results: rel_dif
 --profile DIR also traces a few calls of each variant (jax.profiler) and writes the device time per kernel,
 DIR/<variant>.md, to find what a variant adds.
 
-Every variant's gradients are compared with the default's (relative difference) before it is timed.
+Every variant's gradients are compared with the first variant's (relative difference) before it is timed.
     python experiments/bench_layer_prep.py [--batch 4 --seq 4096] [--out DIR]
 Prints one JSON row per variant.
 """
