@@ -16,6 +16,8 @@ and, to attribute the cost of packed documents (not the model's results: rel_dif
 - seg_op_only: they reach the op only, not the convolutions,
 - conv_mask_mul: the convolutions' segment masking as products with [B, T, 1] masks in the activation dtype (one
   per tap, from the position in the document) instead of selects,
+- conv_stacked: the convolution as one product of the W masked shifted inputs stacked [B, T, W, C] with the
+  [W, C] weight (its weight gradient one [W, C] reduction instead of W),
 - no_seg: they reach neither (the layer as with --docs 0, in the same process).
 
 --profile DIR also traces a few calls of each variant (jax.profiler) and writes the device time per kernel,
@@ -117,6 +119,26 @@ def conv_mask_mul_call(self, x, *, state=None, segment_ids=None):
     return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
 
 
+def conv_stacked_call(self, x, *, state=None, segment_ids=None):
+    """`ShortConv.__call__` as einsum('btwc,wc->btc') of the masked shifted inputs stacked along a tap axis."""
+    B, T, C = x.shape
+    W = self.width
+    if state is None:
+        state = jnp.zeros((B, W - 1, C), x.dtype)
+    x_ext = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+    taps = []
+    for tap in range(W):
+        xs = jax.lax.slice_in_dim(x_ext, tap, tap + T, axis=1)
+        if segment_ids is not None and tap < W - 1:  # the tap reaches back W - 1 - tap steps
+            prev = jnp.pad(segment_ids, ((0, 0), (W - 1 - tap, 0)), constant_values=-1)[:, :T]
+            xs = jnp.where((prev == segment_ids)[..., None], xs, 0)
+        taps.append(xs)
+    y = jnp.einsum("btwc,wc->btc", jnp.stack(taps, axis=2), self.weight[...].astype(x.dtype))
+    if self.bias is not None:
+        y = y + self.bias[...].astype(x.dtype)
+    return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
+
+
 def _without_segment_ids(fn):
     def call(*args, segment_ids=None, **kwargs):
         del segment_ids
@@ -136,6 +158,8 @@ def variant(name):
         conv_mod.ShortConv.__call__ = conv_lax_call
     if name == "conv_mask_mul":
         conv_mod.ShortConv.__call__ = conv_mask_mul_call
+    if name == "conv_stacked":
+        conv_mod.ShortConv.__call__ = conv_stacked_call
     if name == "seg_conv_only":
         delta_mixers.momentum_delta_rule = _without_segment_ids(saved[2])
     if name in ("seg_op_only", "no_seg"):
@@ -148,7 +172,8 @@ def variant(name):
         api.l2norm, conv_mod.ShortConv.__call__, delta_mixers.momentum_delta_rule = saved
 
 
-VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only", "no_seg", "conv_mask_mul")
+VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only", "no_seg", "conv_mask_mul",
+            "conv_stacked")
 
 
 def make_case(batch, seq, docs, config="momentum_deltanet_400M", seed=0, **overrides):
