@@ -75,21 +75,30 @@ def _l2_bwd(eps, res, g):
 l2norm_vjp.defvjp(_l2_fwd, _l2_bwd)
 
 
+def _extend(self, x, state):
+    """(x_ext [B, T+W-1, C]: the state's W-1 steps then x, the state; zeros if None), as `ShortConv` forms them."""
+    if state is None:
+        state = jnp.zeros((x.shape[0], self.width - 1, x.shape[2]), x.dtype)
+    return jnp.concatenate([state.astype(x.dtype), x], axis=1), state
+
+
+def _finish(self, y, x_ext, state):
+    """`ShortConv`'s outputs from the pre-activation y: (silu(y + bias), the new state [B, W-1, C])."""
+    if self.bias is not None:
+        y = y + self.bias[...].astype(y.dtype)
+    return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (self.width - 1):].astype(state.dtype)
+
+
 def conv_lax_call(self, x, *, state=None, segment_ids=None):
     """`ShortConv.__call__` as one depthwise convolution (same taps; no segment ids)."""
-    B, T, C = x.shape
-    W = self.width
-    if state is None:
-        state = jnp.zeros((B, W - 1, C), x.dtype)
-    x_ext = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+    C = x.shape[2]
+    x_ext, state = _extend(self, x, state)
     w = self.weight[...].astype(x.dtype)
     if segment_ids is not None:
         raise NotImplementedError("conv_lax: the depthwise convolution has no segment masking (run with --docs 0)")
     y = jax.lax.conv_general_dilated(x_ext, w[:, None, :], (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"),
                                      feature_group_count=C)
-    if self.bias is not None:
-        y = y + self.bias[...].astype(x.dtype)
-    return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
+    return _finish(self, y, x_ext, state)
 
 
 _SHORT_CONV_CALL = conv_mod.ShortConv.__call__
@@ -101,9 +110,7 @@ def conv_mask_mul_call(self, x, *, state=None, segment_ids=None):
         return _SHORT_CONV_CALL(self, x, state=state)
     B, T, C = x.shape
     W = self.width
-    if state is None:
-        state = jnp.zeros((B, W - 1, C), x.dtype)
-    x_ext = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+    x_ext, state = _extend(self, x, state)
     w = self.weight[...].astype(x.dtype)
     t = jnp.arange(T)
     starts = jnp.concatenate([jnp.ones((B, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
@@ -114,18 +121,14 @@ def conv_mask_mul_call(self, x, *, state=None, segment_ids=None):
         if tap < W - 1:  # reaches back W - 1 - tap steps
             xs = xs * (pos >= W - 1 - tap).astype(x.dtype)[..., None]
         y = y + xs * w[tap]
-    if self.bias is not None:
-        y = y + self.bias[...].astype(x.dtype)
-    return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
+    return _finish(self, y, x_ext, state)
 
 
 def conv_stacked_call(self, x, *, state=None, segment_ids=None):
     """`ShortConv.__call__` as einsum('btwc,wc->btc') of the masked shifted inputs stacked along a tap axis."""
     B, T, C = x.shape
     W = self.width
-    if state is None:
-        state = jnp.zeros((B, W - 1, C), x.dtype)
-    x_ext = jnp.concatenate([state.astype(x.dtype), x], axis=1)
+    x_ext, state = _extend(self, x, state)
     taps = []
     for tap in range(W):
         xs = jax.lax.slice_in_dim(x_ext, tap, tap + T, axis=1)
@@ -134,9 +137,7 @@ def conv_stacked_call(self, x, *, state=None, segment_ids=None):
             xs = jnp.where((prev == segment_ids)[..., None], xs, 0)
         taps.append(xs)
     y = jnp.einsum("btwc,wc->btc", jnp.stack(taps, axis=2), self.weight[...].astype(x.dtype))
-    if self.bias is not None:
-        y = y + self.bias[...].astype(x.dtype)
-    return jax.nn.silu(y), x_ext[:, x_ext.shape[1] - (W - 1):].astype(state.dtype)
+    return _finish(self, y, x_ext, state)
 
 
 def _without_segment_ids(fn):
