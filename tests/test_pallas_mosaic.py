@@ -1,5 +1,6 @@
 """The Mosaic GPU sequential passes (`mdn_jax.pallas.mosaic_pass`) against the Triton kernels of `chunk_pass` on the
-same chunk-local outputs (helpers of `experiments/mosaic_pass.py`); the op through them in `test_pallas.py`."""
+same chunk-local outputs (helpers of `experiments/mosaic_pass.py`), the Mosaic pass-cotangent kernel
+(`mdn_jax.pallas.mosaic_grads`) against XLA's products; the op through them in `test_pallas.py`."""
 
 import functools
 
@@ -17,6 +18,10 @@ from experiments.mosaic_pass import (
     check,
     check_sweep,
 )
+from experiments.mosaic_grads import check as mosaic_grads_check
+from experiments.mosaic_grads import inputs as grads_inputs
+from mdn_jax.pallas.chunk_grads import pass_cotangents_xla
+from mdn_jax.pallas.mosaic_grads import pass_cotangents_mosaic
 from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic, sweep_mosaic
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -111,3 +116,36 @@ def _cuda_text(fn, args):
     f = jax.jit(lambda *a: fn(*jax.tree.unflatten(tree, a)))
     return f.trace(*(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)).lower(
         lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("B,T,H,K,V,programs,stages,dtype,tol", [
+    (1, 192, 2, 128, 128, 5, 2, jnp.float32, 1e-6),   # 12 items over 5 programs: the last ones repeated
+    (2, 128, 1, 64, 128, 4, 3, jnp.float32, 1e-6),    # one K half (dattn in 32-column slices)
+    (1, 128, 1, 256, 64, 3, 2, jnp.bfloat16, 1e-2)])  # four K halves (8-column dattn slices), one V block
+def test_interpret_cotangents_match_xla(B, T, H, K, V, programs, stages, dtype, tol):
+    """The nine results of the Mosaic pass-cotangent kernel against `pass_cotangents_xla`, interpret mode."""
+    errs = mosaic_grads_check(B=B, T=T, H=H, K=K, V=V, programs=programs, stages=stages, dtype=dtype)
+    assert all(e < tol for e in errs), errs
+
+
+def test_cotangents_reject_shapes_outside_the_limits():
+    args = grads_inputs(1, 128, 1, 96, 64, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="Mosaic cotangent kernel limits"):
+        pass_cotangents_mosaic(*args, num_heads=1, interpret=True)
+
+
+@pytest.mark.parametrize("K,V,stages", [(128, 256, 3), (256, 512, 2)])
+def test_cotangents_lower_for_cuda_within_shared_memory(K, V, stages):
+    args = grads_inputs(1, 256, 2, K, V)
+    fn = functools.partial(pass_cotangents_mosaic, num_heads=2, stages=stages, programs=7)
+    assert "mosaic_gpu" in _cuda_text(fn, args)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("K,V,stages", [(128, 256, 3), (256, 512, 2), (64, 128, 2)])
+def test_gpu_cotangents_match_xla(K, V, stages):
+    args = grads_inputs(2, 1024, 3, K, V)
+    ours = jax.jit(functools.partial(pass_cotangents_mosaic, num_heads=3, stages=stages))(*args)
+    ref = jax.jit(functools.partial(pass_cotangents_xla, num_heads=3))(*args)
+    errs = [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    assert all(e < 1e-2 for e in errs), errs
