@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from experiments.mosaic_grads import check as mosaic_grads_check
+from experiments.mosaic_grads import inputs as grads_inputs
 from experiments.mosaic_pass import (
     _cotangents,
     _flat,
@@ -18,8 +20,6 @@ from experiments.mosaic_pass import (
     check,
     check_sweep,
 )
-from experiments.mosaic_grads import check as mosaic_grads_check
-from experiments.mosaic_grads import inputs as grads_inputs
 from mdn_jax.pallas.chunk_grads import pass_cotangents_xla
 from mdn_jax.pallas.mosaic_grads import pass_cotangents_mosaic
 from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic, sweep_mosaic
