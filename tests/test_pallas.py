@@ -17,7 +17,7 @@ import pytest
 from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
-from mdn_jax.pallas import common, mosaic_pass
+from mdn_jax.pallas import common, mosaic_grads, mosaic_pass, tuning
 from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import VECS, chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
@@ -371,6 +371,26 @@ def test_interpret_mosaic_passes_forward_and_grads(monkeypatch, T, with_init):
     assert_grads_close(g, grads("xla", inputs, init, seed=0), 1e-4, "mosaic")
 
 
+@pytest.mark.parametrize("seed,K,with_init", [(31, 64, True), (37, 128, False)])
+def test_interpret_mosaic_cotangent_kernel_in_the_op(monkeypatch, seed, K, with_init):
+    """MDN_GRADS_KERNEL=mosaic: the pass cotangents as the Mosaic GPU kernel (interpret mode) inside the op, the
+    gradients == 'xla' (it is called: a spy counts its traced calls)."""
+    inputs, init = make_inputs(seed, B=2, T=130, H=1, K=K, V=128, with_init=with_init)
+    calls = []
+    inner = mosaic_grads.pass_cotangents_mosaic
+    monkeypatch.setattr(mosaic_grads, "pass_cotangents_mosaic", lambda *a, **k: calls.append(1) or inner(*a, **k))
+    with _traced_anew(monkeypatch, "MDN_GRADS_KERNEL=mosaic"):
+        g = grads("pallas", inputs, init)
+    assert calls, "the Mosaic cotangent kernel was not called"
+    assert_grads_close(g, grads("xla", inputs, init), 1e-4, "mosaic cotangents")
+
+
+def test_grads_kernel_switch_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv("MDN_GRADS_KERNEL", "cuda")
+    with pytest.raises(ValueError, match="MDN_GRADS_KERNEL"):
+        tuning.grads_kernel(True, jnp.bfloat16, interpret=False)
+
+
 def test_interpret_mosaic_switch_keeps_triton_for_packed_sequences(monkeypatch):
     """cu_seqlens (not dense rows): MDN_MOSAIC=1 leaves the Triton passes, which read the layout tables."""
     inputs, _ = make_inputs(23, B=1, T=150, H=1, K=64, V=128, with_init=False)
@@ -470,10 +490,11 @@ def test_gpu_forward_and_grads(dtype, tol, T, K, V):
 
 
 @gpu
-@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0"])
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_GRADS_KERNEL=triton"])
 @pytest.mark.parametrize("dtype,tol,T,K,V", [GPU_CASES[1], GPU_CASES[2], GPU_CASES[4]])
 def test_gpu_forward_and_grads_env_switches(monkeypatch, env, dtype, tol, T, K, V):
-    """The op's outputs and gradients with the XLA-product chunk-local VJP against the fp32 reference."""
+    """The op's outputs and gradients with the XLA-product chunk-local VJP, or the Triton pass cotangents (the
+    default takes the Mosaic kernel for 16-bit operands), against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
     what = f"{env} {dtype.__name__} T={T} K={K} V={V}"
     out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)

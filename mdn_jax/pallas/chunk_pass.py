@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.pallas import chunk_grads, common, mosaic_pass, tuning
+from mdn_jax.pallas import chunk_grads, common, mosaic_grads, mosaic_pass, tuning
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs, vec_columns
 
 
@@ -211,7 +211,11 @@ def pass_backward(local: LocalOutputs, res: PassResiduals, qb, kt, p, s0, chunk_
     cfg = tuning.grads_config()
     a, b = (local.vecs[:, :, VECS.index(name)] for name in ("a", "b"))
     args = (a, b, qb, do_op, dn, res.n, res.s_start, res.m_start, ls, lm)
-    if cfg.use_kernel:
+    kind = tuning.grads_kernel(mosaic_grads.supported(K, V, C), op_dtype, interpret=interpret)
+    if kind == "mosaic":
+        da, db, dqb, dy, dz, dkg, dkr, dattn, ddecay = mosaic_grads.pass_cotangents_mosaic(
+            *args, num_heads=HV, interpret=interpret)
+    elif kind == "triton":
         da, db, dqb, dy, dz, dkg, dkr, dattn, ddecay = chunk_grads.pass_cotangents(
             *args, num_heads=HV, interpret=interpret, block_k=cfg.block_k, block_v=cfg.block_v,
             num_warps=cfg.num_warps)
