@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import jax
+import jax.numpy as jnp
 
 
 def run_info() -> dict:
@@ -25,6 +26,26 @@ def run_info() -> dict:
     return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}", "n_devices": jax.device_count(),
             "jax": jax.__version__, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit}
+
+
+def rel_errs(xs, ys) -> list[float]:
+    """Relative Frobenius errors |x - y| / |y| (float32) of paired arrays."""
+    errs = []
+    for x, y in zip(xs, ys, strict=True):
+        x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+        errs.append(float(jnp.linalg.norm(x - y) / jnp.linalg.norm(y)))
+    return errs
+
+
+def probe(row: dict, fn, args, ref, flatten=tuple, reps=20) -> dict:
+    """row with fn's rel_err against ref (flatten(fn(*args)) beside ref) and its queued ms; a lowering or compile
+    failure is recorded in row['error'] (it is a result of the probe too)."""
+    try:
+        row["rel_err"] = rel_errs(flatten(fn(*args)), ref)
+        row["ms"] = timeit_queued(fn, args, reps)
+    except Exception as e:  # noqa: BLE001
+        row["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
+    return row
 
 
 def timeit_queued(fn, args, reps, groups=5):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import timeit_queued  # noqa: E402
+from experiments.common import probe, rel_errs, timeit_queued  # noqa: E402
 from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.pallas import chunk_grads, tuning  # noqa: E402
 from mdn_jax.pallas.mosaic_grads import pass_cotangents_mosaic  # noqa: E402
@@ -36,17 +36,12 @@ def inputs(B, T, H, K, V, seed=0, dtype=jnp.bfloat16):
             *(n(B * H, NC, K, V) for _ in range(4)))
 
 
-def _rel(x, y):
-    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-    return float(jnp.linalg.norm(x - y) / jnp.linalg.norm(y))
-
-
 def check(B=1, T=192, H=2, K=128, V=128, programs=5, stages=2, dtype=jnp.float32):
     """Interpret mode on the CPU: relative errors of the nine results against `pass_cotangents_xla`."""
     args = inputs(B, T, H, K, V, dtype=dtype)
     ours = pass_cotangents_mosaic(*args, num_heads=H, programs=programs, stages=stages, interpret=True)
     ref = chunk_grads.pass_cotangents_xla(*args, num_heads=H)
-    return [_rel(x, y) for x, y in zip(ours, ref, strict=True)]
+    return rel_errs(ours, ref)
 
 
 def bench(case, configs):
@@ -62,17 +57,11 @@ def bench(case, configs):
     triton = jax.jit(functools.partial(chunk_grads.pass_cotangents, num_heads=H, interpret=False,
                                        block_k=cfg.block_k, block_v=cfg.block_v, num_warps=cfg.num_warps))
     rows = [dict(base, impl="xla", ms=timeit_queued(xla, args, 20)),
-            dict(base, impl="triton", rel_err=[_rel(x, y) for x, y in zip(triton(*args), ref, strict=True)],
-                 ms=timeit_queued(triton, args, 20))]
+            probe(dict(base, impl="triton"), triton, args, ref)]
     for stages, programs in configs:
         row = dict(base, impl="mosaic", stages=stages, programs=programs)
-        try:
-            fn = jax.jit(functools.partial(pass_cotangents_mosaic, num_heads=H, stages=stages,
-                                           programs=programs or None))
-            row["rel_err"] = [_rel(x, y) for x, y in zip(fn(*args), ref, strict=True)]
-            row["ms"] = timeit_queued(fn, args, 20)
-        except Exception as e:  # noqa: BLE001 - a lowering or compile failure is a result of the probe too
-            row["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
+        fn = jax.jit(functools.partial(pass_cotangents_mosaic, num_heads=H, stages=stages, programs=programs or None))
+        probe(row, fn, args, ref)
         rows.append(row)
     return rows
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import timeit_queued  # noqa: E402
+from experiments.common import probe, rel_errs, timeit_queued  # noqa: E402
 from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.ops.layout import dense_layout  # noqa: E402
 from mdn_jax.pallas import chunk_pass, common, tuning  # noqa: E402
@@ -86,11 +86,6 @@ def _flat(outs):
     return tuple(jax.tree.leaves(outs))
 
 
-def _rel(x, y):
-    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-    return float(jnp.linalg.norm(x - y) / jnp.linalg.norm(y))
-
-
 def check(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1, save=False, dtype=jnp.float32):
     """Interpret mode on the CPU: relative errors of (O, S_T, M_T[, S_c, M_c, N_c]) against the Triton pass (also
     interpreted)."""
@@ -98,7 +93,7 @@ def check(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1, save=
     ours = pass_forward_mosaic(*args, block_v=block_v, stages=stages, consumers=consumers, save=save,
                                interpret=True)
     ref = _triton_pass(*args, block_v=block_v, interpret=True, save=save)
-    return [_rel(a, b) for a, b in zip(_flat(ours), _flat(ref), strict=True)]
+    return rel_errs(_flat(ours), _flat(ref))
 
 
 def check_sweep(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1, dtype=jnp.float32):
@@ -108,7 +103,7 @@ def check_sweep(B=1, T=128, H=2, K=64, V=128, block_v=64, stages=2, consumers=1,
     cot = _cotangents(B, T, H, K, V, dtype=dtype)
     ours = sweep_mosaic(local, qb, kt, p, *cot, block_v=block_v, stages=stages, consumers=consumers, interpret=True)
     ref = _triton_sweep(local, qb, kt, p, *cot, block_v=block_v, interpret=True)
-    return [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    return rel_errs(ours, ref)
 
 
 def bench(case, configs, mode="infer"):
@@ -132,13 +127,8 @@ def bench(case, configs, mode="infer"):
     rows = [dict(base, impl="triton", block_v=triton_block, ms=timeit_queued(triton, args, 20))]
     for block_v, stages, consumers in configs:
         row = dict(base, impl="mosaic", block_v=block_v, stages=stages, consumers=consumers)
-        try:
-            mosaic = jax.jit(functools.partial(mosaic_fn, block_v=block_v, stages=stages, consumers=consumers,
-                                               **extra))
-            row["rel_err"] = [_rel(a, b) for a, b in zip(_flat(mosaic(*args)), ref, strict=True)]
-            row["ms"] = timeit_queued(mosaic, args, 20)
-        except Exception as e:  # noqa: BLE001 - a lowering or compile failure is a result of the probe too
-            row["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
+        fn = jax.jit(functools.partial(mosaic_fn, block_v=block_v, stages=stages, consumers=consumers, **extra))
+        probe(row, fn, args, ref, flatten=_flat)
         rows.append(row)
     return rows
 

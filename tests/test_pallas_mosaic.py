@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from experiments.common import rel_errs
 from experiments.mosaic_grads import check as mosaic_grads_check
 from experiments.mosaic_grads import inputs as grads_inputs
 from experiments.mosaic_pass import (
     _cotangents,
     _flat,
     _inputs,
-    _rel,
     _triton_pass,
     _triton_sweep,
     check,
@@ -66,7 +66,7 @@ def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers, save):
     ours = jax.jit(lambda *a: pass_forward_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers,
                                                   save=save))(*args)
     ref = jax.jit(lambda *a: _triton_pass(*a, block_v=16 if K > 128 else 32, interpret=False, save=save))(*args)
-    errs = [_rel(a, b) for a, b in zip(_flat(ours), _flat(ref), strict=True)]
+    errs = rel_errs(_flat(ours), _flat(ref))
     assert all(e < 2e-2 for e in errs), errs
 
 
@@ -78,7 +78,7 @@ def test_gpu_sweep_matches_triton_sweep(K, V, block_v, stages, consumers):
     args = (local, qb, kt, p, *_cotangents(2, 1024, 2, K, V))
     ours = jax.jit(lambda *a: sweep_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers))(*args)
     ref = jax.jit(lambda *a: _triton_sweep(*a, block_v=16 if K > 128 else 32, interpret=False))(*args)
-    errs = [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    errs = rel_errs(ours, ref)
     assert all(e < 2e-2 for e in errs), errs
 
 
@@ -147,5 +147,5 @@ def test_gpu_cotangents_match_xla(K, V, stages):
     args = grads_inputs(2, 1024, 3, K, V)
     ours = jax.jit(functools.partial(pass_cotangents_mosaic, num_heads=3, stages=stages))(*args)
     ref = jax.jit(functools.partial(pass_cotangents_xla, num_heads=3))(*args)
-    errs = [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
+    errs = rel_errs(ours, ref)
     assert all(e < 1e-2 for e in errs), errs
