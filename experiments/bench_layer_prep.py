@@ -14,14 +14,12 @@ with each variant swapped in, side by side in one process:
 and, to attribute the cost of packed documents (not the model's results: rel_diff is not ~0):
 - seg_conv_only: the segment ids reach the short convolutions only, not the op,
 - seg_op_only: they reach the op only, not the convolutions,
-- conv_mask_mul: the convolutions' segment masking as products with [B, T, 1] masks in the activation dtype (one
-  per tap, from the position in the document) instead of selects,
-- conv_stacked: the convolution as one product of the W masked shifted inputs stacked [B, T, W, C] with the
-  [W, C] weight (its weight gradient one [W, C] reduction instead of W),
 - no_seg: they reach neither (the layer as with --docs 0, in the same process).
 
 --profile DIR also traces a few calls of each variant (jax.profiler) and writes the device time per kernel,
-DIR/<variant>.md, to find what a variant adds.
+DIR/<variant>.md, to find what a variant adds. Variants measured and dropped (PERF_NOTES): the convolutions' masks
+as products (conv_mask_mul, 4.31 vs 4.32 ms) and the convolution as one stacked product (conv_stacked, 4.31 vs 4.34),
+code at 37d9760.
 
 Every variant's gradients are compared with the first variant's (relative difference) before it is timed.
     python experiments/bench_layer_prep.py [--batch 4 --seq 4096] [--out DIR]
@@ -101,45 +99,6 @@ def conv_lax_call(self, x, *, state=None, segment_ids=None):
     return _finish(self, y, x_ext, state)
 
 
-_SHORT_CONV_CALL = conv_mod.ShortConv.__call__
-
-
-def conv_mask_mul_call(self, x, *, state=None, segment_ids=None):
-    """`ShortConv.__call__` with each tap's segment mask a product (x.dtype) from the position in the document."""
-    if segment_ids is None:
-        return _SHORT_CONV_CALL(self, x, state=state)
-    B, T, C = x.shape
-    W = self.width
-    x_ext, state = _extend(self, x, state)
-    w = self.weight[...].astype(x.dtype)
-    t = jnp.arange(T)
-    starts = jnp.concatenate([jnp.ones((B, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    pos = t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)  # steps since the document began; row 0 starts one
-    y = jnp.zeros_like(x)
-    for tap in range(W):
-        xs = jax.lax.slice_in_dim(x_ext, tap, tap + T, axis=1)
-        if tap < W - 1:  # reaches back W - 1 - tap steps
-            xs = xs * (pos >= W - 1 - tap).astype(x.dtype)[..., None]
-        y = y + xs * w[tap]
-    return _finish(self, y, x_ext, state)
-
-
-def conv_stacked_call(self, x, *, state=None, segment_ids=None):
-    """`ShortConv.__call__` as einsum('btwc,wc->btc') of the masked shifted inputs stacked along a tap axis."""
-    B, T, C = x.shape
-    W = self.width
-    x_ext, state = _extend(self, x, state)
-    taps = []
-    for tap in range(W):
-        xs = jax.lax.slice_in_dim(x_ext, tap, tap + T, axis=1)
-        if segment_ids is not None and tap < W - 1:  # the tap reaches back W - 1 - tap steps
-            prev = jnp.pad(segment_ids, ((0, 0), (W - 1 - tap, 0)), constant_values=-1)[:, :T]
-            xs = jnp.where((prev == segment_ids)[..., None], xs, 0)
-        taps.append(xs)
-    y = jnp.einsum("btwc,wc->btc", jnp.stack(taps, axis=2), self.weight[...].astype(x.dtype))
-    return _finish(self, y, x_ext, state)
-
-
 def _without_segment_ids(fn):
     def call(*args, segment_ids=None, **kwargs):
         del segment_ids
@@ -157,10 +116,6 @@ def variant(name):
         api.l2norm = l2norm_vjp
     if name in ("conv_lax", "both"):
         conv_mod.ShortConv.__call__ = conv_lax_call
-    if name == "conv_mask_mul":
-        conv_mod.ShortConv.__call__ = conv_mask_mul_call
-    if name == "conv_stacked":
-        conv_mod.ShortConv.__call__ = conv_stacked_call
     if name == "seg_conv_only":
         delta_mixers.momentum_delta_rule = _without_segment_ids(saved[2])
     if name in ("seg_op_only", "no_seg"):
@@ -173,8 +128,7 @@ def variant(name):
         api.l2norm, conv_mod.ShortConv.__call__, delta_mixers.momentum_delta_rule = saved
 
 
-VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only", "no_seg", "conv_mask_mul",
-            "conv_stacked")
+VARIANTS = ("default", "l2norm_vjp", "conv_lax", "both", "seg_conv_only", "seg_op_only", "no_seg")
 
 
 def make_case(batch, seq, docs, config="momentum_deltanet_400M", seed=0, **overrides):

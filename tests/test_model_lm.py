@@ -72,9 +72,11 @@ def test_packed_documents_equal_separate(name):
     packed = jnp.concatenate(docs)[None]
     seg = jnp.concatenate([jnp.full((n,), i + 1, jnp.int32) for i, n in enumerate(lens)])[None]
     out = model(packed, segment_ids=seg)[0]
+    # the documents alone, as one batch right-padded to the longest (causal: a prefix ignores what follows)
+    alone = model(jnp.stack([jnp.pad(d, (0, max(lens) - n)) for d, n in zip(docs, lens, strict=True)]))
     start = 0
-    for d, n in zip(docs, lens, strict=True):
-        np.testing.assert_allclose(out[start:start + n], model(d[None])[0], atol=2e-5, rtol=1e-4)
+    for i, n in enumerate(lens):
+        np.testing.assert_allclose(out[start:start + n], alone[i, :n], atol=2e-5, rtol=1e-4)
         start += n
     # without segment ids the later documents do see the earlier ones
     assert float(jnp.abs(model(packed)[0, lens[0]:] - out[lens[0]:]).max()) > 1e-4
