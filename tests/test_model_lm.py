@@ -48,7 +48,7 @@ def test_forward_and_grad_finite(name):
         logits = m(tokens[:, :-1])
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
 
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    loss, grads = nnx.jit(nnx.value_and_grad(loss_fn))(model)  # one compile (eager: one per primitive, ~2x slower)
     assert np.isfinite(float(loss)) and abs(float(loss) - np.log(model.config.vocab_size)) < 0.5
     leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
@@ -58,9 +58,10 @@ def test_forward_and_grad_finite(name):
 def test_bf16_compute_f32_logits():
     model = build_model("tiny_mdn", dtype="bfloat16")
     tokens = jax.random.randint(jax.random.key(2), (2, 20), 0, 97)
-    logits = model(tokens)
+    forward = nnx.jit(lambda m, t: m(t))
+    logits = forward(model, tokens)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
-    ref = build_model("tiny_mdn")(tokens)
+    ref = forward(build_model("tiny_mdn"), tokens)
     assert float(jnp.abs(logits - ref).max()) < 0.05 * float(jnp.abs(ref).max())
 
 
@@ -71,15 +72,16 @@ def test_packed_documents_equal_separate(name):
     docs = [jax.random.randint(jax.random.key(10 + i), (n,), 0, 97) for i, n in enumerate(lens)]
     packed = jnp.concatenate(docs)[None]
     seg = jnp.concatenate([jnp.full((n,), i + 1, jnp.int32) for i, n in enumerate(lens)])[None]
-    out = model(packed, segment_ids=seg)[0]
+    call = nnx.jit(lambda m, x, seg=None: m(x, segment_ids=seg))
+    out = call(model, packed, seg)[0]
     # the documents alone, as one batch right-padded to the longest (causal: a prefix ignores what follows)
-    alone = model(jnp.stack([jnp.pad(d, (0, max(lens) - n)) for d, n in zip(docs, lens, strict=True)]))
+    alone = call(model, jnp.stack([jnp.pad(d, (0, max(lens) - n)) for d, n in zip(docs, lens, strict=True)]))
     start = 0
     for i, n in enumerate(lens):
         np.testing.assert_allclose(out[start:start + n], alone[i, :n], atol=2e-5, rtol=1e-4)
         start += n
     # without segment ids the later documents do see the earlier ones
-    assert float(jnp.abs(model(packed)[0, lens[0]:] - out[lens[0]:]).max()) > 1e-4
+    assert float(jnp.abs(call(model, packed)[0, lens[0]:] - out[lens[0]:]).max()) > 1e-4
 
 
 @pytest.mark.parametrize("name", ["tiny_mdn", "tiny_gdn", "tiny_hybrid", "tiny_transformer"])
@@ -87,7 +89,7 @@ def test_prefill_then_decode_matches_full_forward(name):
     model = build_model(name, seed=1)
     B, T, P = 2, 40, 29  # prompt of 29 tokens (not a chunk multiple), then 11 decode steps
     tokens = jax.random.randint(jax.random.key(5), (B, T), 0, model.config.vocab_size)
-    full = model(tokens)
+    full = nnx.jit(lambda m, t: m(t))(model, tokens)
     prefill = nnx.jit(lambda m, t, c: m.prefill(t, c))
     step = nnx.jit(lambda m, t, c: m.decode_step(t, c))
     logits, cache = prefill(model, tokens[:, :P], model.init_cache(B, T))
