@@ -68,7 +68,7 @@ def _accumulate(accs, pairs, during=None):
 
 def _kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, lm_ref,
             dqb_ref, dy_ref, dz_ref, dkg_ref, dkr_ref, dattn_ref, dab_ref, ddecay_ref, out_smem, att_smem, dec_smem,
-            *, num_heads, num_chunks, programs, steps, stages, transforms):
+            *, num_heads, programs, steps, stages, transforms):
     BH, NC, C, V = n_ref.shape
     K = s_ref.shape[2]
     nkh = K // KH
@@ -204,7 +204,7 @@ def pass_cotangents_mosaic(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num
     scratch = [plgpu.SMEM((_WGS, 5, C, KQ), op, transforms=_transforms(KQ, itemsize, interpret)),
                plgpu.SMEM((_WGS, C, cw), op, transforms=_transforms(cw, itemsize, interpret)),
                plgpu.SMEM((_WGS, 2, KH), f32)]
-    kernel = functools.partial(_kernel, num_heads=num_heads, num_chunks=NC, programs=programs, steps=steps,
+    kernel = functools.partial(_kernel, num_heads=num_heads, programs=programs, steps=steps,
                                stages=stages, transforms=tile_t)
     call = plgpu.kernel(kernel, out_type=out_type, scratch_types=scratch, grid=(programs,), grid_names=("p",),
                         num_threads=_WGS + 1, thread_name="wg",
