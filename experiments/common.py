@@ -48,6 +48,19 @@ def probe(row: dict, fn, args, ref, flatten=tuple, reps=20) -> dict:
     return row
 
 
+def emit_rows(rows, out_dir: str | None, name: str) -> list[dict]:
+    """Print each row as a JSON line as it comes, then (with out_dir) write them all to out_dir/name.json."""
+    done = []
+    for r in rows:
+        print(json.dumps(r), flush=True)
+        done.append(r)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(done, f, indent=1)
+    return done
+
+
 def timeit_queued(fn, args, reps, groups=5):
     """Median over `groups` of the mean ms per call of `reps` calls queued back to back, waited for at the end.
 

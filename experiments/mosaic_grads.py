@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import probe, rel_errs, timeit_queued  # noqa: E402
+from experiments.common import emit_rows, probe, rel_errs, timeit_queued  # noqa: E402
 from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.pallas import chunk_grads, tuning  # noqa: E402
 from mdn_jax.pallas.mosaic_grads import pass_cotangents_mosaic  # noqa: E402
@@ -77,15 +77,7 @@ def main():
         print(json.dumps(dict(check="interpret", rel_err=check())))
         return
     configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",")]
-    rows = []
-    for case in a.cases.split(","):
-        for r in bench(case, configs):
-            print(json.dumps(r), flush=True)
-            rows.append(r)
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "mosaic_grads.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+    emit_rows((r for case in a.cases.split(",") for r in bench(case, configs)), a.out, "mosaic_grads")
 
 
 if __name__ == "__main__":

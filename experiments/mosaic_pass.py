@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import probe, rel_errs, timeit_queued  # noqa: E402
+from experiments.common import emit_rows, probe, rel_errs, timeit_queued  # noqa: E402
 from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.ops.layout import dense_layout  # noqa: E402
 from mdn_jax.pallas import chunk_pass, common, tuning  # noqa: E402
@@ -147,15 +147,8 @@ def main():
                               rel_err_sweep=check_sweep())))
         return
     configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",")]
-    rows = []
-    for case, mode in ((c, m) for c in a.cases.split(",") for m in a.modes.split(",")):
-        for r in bench(case, configs, mode):
-            print(json.dumps(r), flush=True)
-            rows.append(r)
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "mosaic_pass.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+    cases = ((c, m) for c in a.cases.split(",") for m in a.modes.split(","))
+    emit_rows((r for case, mode in cases for r in bench(case, configs, mode)), a.out, "mosaic_pass")
 
 
 if __name__ == "__main__":
