@@ -38,7 +38,8 @@ def test_forward_pass_pipelines_only_small_blocks():
     assert tuning.num_stages("grads", 256, jnp.float32) == 1
 
 
-def test_mosaic_passes_for_dense_s400_on_the_gpu_only():
+def test_mosaic_passes_for_dense_s400_on_the_gpu_only(monkeypatch):
+    monkeypatch.setattr(tuning, "has_wgmma", lambda: True)
     cfg = tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False)
     assert cfg == tuning.MosaicConfig(block_v=64, stages=1, consumers=2)
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=True) is None
@@ -58,3 +59,24 @@ def test_mosaic_env_switch(monkeypatch):
     monkeypatch.setenv("MDN_MOSAIC", "yes")
     with pytest.raises(ValueError, match="MDN_MOSAIC"):
         tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False)
+
+
+def test_mosaic_paths_need_hopper(monkeypatch):
+    """'auto' keeps the Triton kernels on GPUs without wgmma (compute capability other than 9.x) and on CPU."""
+    monkeypatch.setattr(tuning, "has_wgmma", lambda: False)
+    assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False) is None
+    assert tuning.grads_kernel(True, jnp.bfloat16, interpret=False) == "triton"
+    monkeypatch.setattr(tuning, "has_wgmma", lambda: True)
+    assert tuning.grads_kernel(True, jnp.bfloat16, interpret=False) == "mosaic"
+
+
+def test_has_wgmma_reads_the_compute_capability(monkeypatch):
+    class Device:
+        def __init__(self, capability):
+            self.compute_capability = capability
+
+    for capability, expected in (("9.0", True), ("8.0", False), ("10.0", False)):
+        monkeypatch.setattr(tuning.jax, "devices", lambda c=capability: [Device(c)])
+        assert tuning.has_wgmma() is expected
+    monkeypatch.setattr(tuning.jax, "devices", lambda: [object()])  # CPU devices have no compute capability
+    assert tuning.has_wgmma() is False

@@ -32,7 +32,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-_ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
+from mdn_jax.pallas import mosaic_common
+from mdn_jax.pallas.mosaic_common import ROW, accumulate, smem_transforms
+
 KH = 64  # K rows of the state tiles per work item
 KQ = 32  # K columns of the outputs per compute warpgroup
 BV = 64  # V columns per pipeline step
@@ -45,30 +47,9 @@ def supported(K: int, V: int, C: int) -> bool:
     return C == 64 and K % KH == 0 and K <= 256 and V % BV == 0
 
 
-def _transforms(cols, itemsize, interpret):
-    """Tiling and swizzle of a shared-memory tile with `cols` columns (none in interpret mode, and for rows of
-    16 bytes: the narrowest swizzle is 32)."""
-    if interpret or cols * itemsize < 32:
-        return ()
-    swizzle = min(128, cols * itemsize)
-    return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
-
-
-def _accumulate(accs, pairs, during=None):
-    """accs + a @ b for each (a, b): wgmma into fresh float32 accumulators, issued together; `during()` runs while
-    they compute."""
-    def run(*fresh):
-        for acc, (a, b) in zip(fresh, pairs, strict=True):
-            plgpu.wgmma(acc, a, b)
-        if during is not None:
-            during()
-        return tuple(x + acc[...] for x, acc in zip(accs, fresh, strict=True))
-    return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
-
-
 def _kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, lm_ref,
             dqb_ref, dy_ref, dz_ref, dkg_ref, dkr_ref, dattn_ref, dab_ref, ddecay_ref, out_smem, att_smem, dec_smem,
-            *, num_heads, programs, steps, stages, transforms):
+            *, num_heads, programs, steps, stages, transforms, in_place):
     BH, NC, C, V = n_ref.shape
     K = s_ref.shape[2]
     nkh = K // KH
@@ -113,7 +94,7 @@ def _kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, l
 
             @pl.when(j > 0)
             def _():
-                dec_smem[wg, slot] = xy + plgpu.load(dec_smem.at[wg, slot], layout=_ROW, optimized=False)
+                dec_smem[wg, slot] = xy + plgpu.load(dec_smem.at[wg, slot], layout=ROW, optimized=False)
 
         def decay_all():
             @pl.when(wg == 0)
@@ -125,16 +106,22 @@ def _kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, l
             def _():
                 decay_sums(lm_s, m_s, 0)
 
-        accs = _accumulate(accs[:4], ((do_s, sn(s_s)), (do_s, sn(m_s)), (dn_s, sn(s_s)), (dn_s, sn(m_s)))) + \
-            _accumulate(accs[4:], ((n_s, sn(ls_s)), (n_s, sn(lm_s)), (do_s, T(n_s.at[pl.ds(q * cw, cw)]))),
-                        during=decay_all)
+        pairs = ((do_s, sn(s_s)), (do_s, sn(m_s)), (dn_s, sn(s_s)), (dn_s, sn(m_s)), (n_s, sn(ls_s)),
+                 (n_s, sn(lm_s)), (do_s, T(n_s.at[pl.ds(q * cw, cw)])))
+        if in_place:  # all seven into the carried accumulators
+            accs = accumulate(tuple((x, [ab]) for x, ab in zip(accs, pairs, strict=True)), in_place=True,
+                              during=decay_all)
+        else:  # fresh accumulators in two groups (one of seven would double the registers)
+            accs = accumulate(tuple((x, [ab]) for x, ab in zip(accs[:4], pairs[:4], strict=True)), in_place=False) + \
+                accumulate(tuple((x, [ab]) for x, ab in zip(accs[4:], pairs[4:], strict=True)), in_place=False,
+                           during=decay_all)
 
         @pl.when((j == nvb - 1) & (pid + i * programs < total))
         def _():
             row, head = bh // num_heads, bh % num_heads
             cols = pl.ds(kh * KH + wg * KQ, KQ)
             scale = lambda vec: lax.broadcast_in_dim(  # noqa: E731 - a [C] vector over [C, KQ] tiles
-                plgpu.load(vec.at[bh, c], layout=_ROW, optimized=False), (C, KQ), [0])
+                plgpu.load(vec.at[bh, c], layout=ROW, optimized=False), (C, KQ), [0])
             qb = plgpu.load(qb_ref.at[row, pl.ds(c * C, C), head, cols], layout=plgpu.Layout.WGMMA,
                             optimized=False).astype(jnp.float32)
             g_s, g_m, g_y, g_z, g_g, g_r, g_a = accs
@@ -149,7 +136,7 @@ def _kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, l
             plgpu.copy_smem_to_gmem(att_smem.at[wg], dattn_ref.at[bh, c, :, pl.ds(q * cw, cw)])
             dab_ref[0, q, bh, c] = jnp.sum(qb * g_s, axis=1)
             dab_ref[1, q, bh, c] = -jnp.sum(qb * g_m, axis=1)
-            dec = lambda slot: plgpu.load(dec_smem.at[wg, slot], layout=_ROW, optimized=False)  # noqa: E731
+            dec = lambda slot: plgpu.load(dec_smem.at[wg, slot], layout=ROW, optimized=False)  # noqa: E731
             ddecay_ref[kh, 2 * wg, bh, c] = dec(0)  # wg 0: <lS, S> rows; wg 1: <lM, M> rows
 
             @pl.when(wg == 0)
@@ -200,12 +187,12 @@ def pass_cotangents_mosaic(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num
                             jax.ShapeDtypeStruct((2, _WGS * nkh, BH, NC, C), f32),
                             jax.ShapeDtypeStruct((nkh, 3, BH, NC, KH), f32))
     itemsize = jnp.dtype(op).itemsize
-    tile_t = _transforms(BV, itemsize, interpret)
-    scratch = [plgpu.SMEM((_WGS, 5, C, KQ), op, transforms=_transforms(KQ, itemsize, interpret)),
-               plgpu.SMEM((_WGS, C, cw), op, transforms=_transforms(cw, itemsize, interpret)),
+    tile_t = smem_transforms(BV, itemsize, interpret)
+    scratch = [plgpu.SMEM((_WGS, 5, C, KQ), op, transforms=smem_transforms(KQ, itemsize, interpret)),
+               plgpu.SMEM((_WGS, C, cw), op, transforms=smem_transforms(cw, itemsize, interpret)),
                plgpu.SMEM((_WGS, 2, KH), f32)]
     kernel = functools.partial(_kernel, num_heads=num_heads, programs=programs, steps=steps,
-                               stages=stages, transforms=tile_t)
+                               stages=stages, transforms=tile_t, in_place=mosaic_common.in_place(interpret))
     call = plgpu.kernel(kernel, out_type=out_type, scratch_types=scratch, grid=(programs,), grid_names=("p",),
                         num_threads=_WGS + 1, thread_name="wg",
                         interpret=plgpu.InterpretGPUParams() if interpret else False)

@@ -32,30 +32,23 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from mdn_jax.pallas import mosaic_common
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
-
-_ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
-
-
-def _products(*pairs):
-    """wgmma a @ b for each (a, b) into fresh float32 accumulators, issued together, then read."""
-    def run(*accs):
-        for acc, (a, b) in zip(accs, pairs, strict=True):
-            plgpu.wgmma(acc, a, b)
-        return tuple(acc[...] for acc in accs)
-    return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
+from mdn_jax.pallas.mosaic_common import ROW, accumulate, products
 
 
 def _row_scales(vec_s, C, block_v):
     """The chunk's [C] vectors (shared memory [len(VECS), C]) by name, broadcast over [C, block_v] wgmma tiles."""
-    return {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=_ROW, optimized=False), (C, block_v), [0])
+    return {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=ROW, optimized=False), (C, block_v), [0])
             for i, name in enumerate(VECS)}
 
 
-def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
+def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs, in_place):
     """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile (and with residual
     refs in out_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
-    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch."""
+    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch. Three rounds of wgmma: (P S, P M),
+    (T R, Qb S, Qb M), then attn N and the state updates accumulated onto O's state part and a_L S - b_L M, m_L M
+    (`mosaic_common.accumulate`)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
     o_ref, *res_refs = out_refs
@@ -70,30 +63,31 @@ def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
     if res_refs:  # the chunk-start states, as the backward reads them
         plgpu.copy_smem_to_gmem(s_smem, res_refs[0].at[bh, c, :, vs])
         plgpu.copy_smem_to_gmem(m_smem, res_refs[1].at[bh, c, :, vs])
-    ps, pm = _products((p_s, s_smem), (p_s, m_smem))
+    ps, pm = products((p_s, s_smem), (p_s, m_smem))
     rn_smem[...] = (v_s[...].astype(f32) - col["d"] * ps + col["e"] * pm).astype(op)  # R
     plgpu.commit_smem()
-    (n,) = _products((t_s, rn_smem))
+    n, qs, qm = products((t_s, rn_smem), (qb_s, s_smem), (qb_s, m_smem))
+    o_state = col["a"] * qs - col["b"] * qm
     rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
     gn_smem[...] = (col["g_last"] * n).astype(op)
-    hn_smem[...] = (col["rho"] * n).astype(op)
+    hn_smem[...] = (-col["rho"] * n).astype(op)
     plgpu.commit_smem()
     if res_refs:
         plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
-    qs, qm, an = _products((qb_s, s_smem), (qb_s, m_smem), (attn_s, rn_smem))
-    o_smem[...] = (col["a"] * qs - col["b"] * qm + an).astype(op)
+    kt_t = kt_s.transpose((1, 0))
+    a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
+    o, S, M = accumulate(((o_state, [(attn_s, rn_smem)]), (a_l * S - b_l * M, [(kt_t, gn_smem)]),
+                          (m_l * M, [(kt_t, hn_smem)])), in_place=in_place)
+    o_smem[...] = o.astype(op)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_ref.at[row, pl.ds(c * C, C), head, vs])
-    kt_t = kt_s.transpose((1, 0))
-    ks, km = _products((kt_t, gn_smem), (kt_t, hn_smem))
-    a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
-    return a_l * S - b_l * M + ks, m_l * M - km
+    return S, M
 
 
-def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
+def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs, in_place):
     """One chunk of the reverse sweep (adjoint recurrence, T form, `chunk_pass._bwd_kernel`) for one [K, block_v]
     block of (lS, lM): writes lS, lM and dN of the chunk by TMA (waited for at the next step) and returns the
-    cotangents of the chunk-start states."""
+    cotangents of the chunk-start states, the last four products accumulated onto a_L lS and m_L lM - b_L lS."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, do_s = tiles
     ls_smem, lm_smem, dn_smem, ado_smem, bdo_smem, ew_smem = bufs
     ls_ref, lm_ref, dn_ref = out_refs
@@ -108,21 +102,21 @@ def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(ls_smem, ls_ref.at[bh, c, :, vs])
     plgpu.copy_smem_to_gmem(lm_smem, lm_ref.at[bh, c, :, vs])
-    attn_do, k_ls, k_lm = _products((T(attn_s), do_s), (kt_s, ls_smem), (kt_s, lm_smem))
+    attn_do, k_ls, k_lm = products((T(attn_s), do_s), (kt_s, ls_smem), (kt_s, lm_smem))
     do = do_s[...].astype(f32)
     dn_smem[...] = (attn_do + col["g_last"] * k_ls - col["rho"] * k_lm).astype(op)
     ado_smem[...] = (col["a"] * do).astype(op)
-    bdo_smem[...] = (col["b"] * do).astype(op)
+    bdo_smem[...] = (-col["b"] * do).astype(op)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(dn_smem, dn_ref.at[bh, c, :, vs])
-    (w,) = _products((T(t_s), dn_smem))  # W = T^T dN
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: diag(d) W goes there
-    dn_smem[...] = (col["d"] * w).astype(op)
+    (w,) = products((T(t_s), dn_smem))  # W = T^T dN
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: -diag(d) W goes there
+    dn_smem[...] = (-col["d"] * w).astype(op)
     ew_smem[...] = (col["e"] * w).astype(op)
     plgpu.commit_smem()
-    q_a, q_b, p_d, p_e = _products((T(qb_s), ado_smem), (T(qb_s), bdo_smem), (T(p_s), dn_smem), (T(p_s), ew_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
-    return a_l * lS + q_a - p_d, -b_l * lS + m_l * lM - q_b + p_e
+    return accumulate(((a_l * lS, [(T(qb_s), ado_smem), (T(p_s), dn_smem)]),
+                       (m_l * lM - b_l * lS, [(T(qb_s), bdo_smem), (T(p_s), ew_smem)])), in_place=in_place)
 
 
 def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block_v, stages, consumers):
@@ -186,7 +180,7 @@ def _state_io(row, head, srcs, dsts):
 
 
 def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
-            *res_refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms):
+            *res_refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms, in_place):
     res_refs, bufs = res_refs_and_bufs[:3 * save], res_refs_and_bufs[3 * save:]
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
@@ -195,14 +189,15 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
     start, finish = _state_io(row, head, (s0_ref, m0_ref), (fs_ref, fm_ref))
 
     def step(c, tiles, mine, carry, vs):
-        return _chunk_step(c, tiles, mine, carry, (o_ref, *res_refs), bh, row, head, vs)
+        return _chunk_step(c, tiles, mine, carry, (o_ref, *res_refs), bh, row, head, vs, in_place)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
 
 
 def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref,
-                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms):
+                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms,
+                  in_place):
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
@@ -211,7 +206,7 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
     start, finish = _state_io(row, head, (gfs_ref, gfm_ref), (ds0_ref, dm0_ref))
 
     def step(s, tiles, mine, carry, vs):
-        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs)
+        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs, in_place)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
@@ -224,7 +219,10 @@ def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, c
     smem = lambda *shape: plgpu.SMEM((consumers,) + shape, op, transforms=transforms)  # noqa: E731 - per warpgroup
     scratch = [smem(K, block_v) for _ in range(n_bufs_k)] + [smem(C, block_v) for _ in range(n_bufs_c)]
     threads = dict(num_threads=consumers + 1, thread_name="wg") if consumers > 1 else {}
-    return plgpu.kernel(functools.partial(kernel, transforms=transforms), out_type=out_type, scratch_types=scratch,
+    # One consumer (`plgpu.emit_pipeline` with a carry): jax 0.11.2 does not lower ACC.init there.
+    in_place = mosaic_common.in_place(interpret) and consumers > 1
+    kernel = functools.partial(kernel, transforms=transforms, in_place=in_place)
+    return plgpu.kernel(kernel, out_type=out_type, scratch_types=scratch,
                         grid=(BH, V // (consumers * block_v)), grid_names=("bh", "vb"),
                         interpret=plgpu.InterpretGPUParams() if interpret else False, **threads)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 
@@ -82,18 +83,25 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
 _MOSAIC = MosaicConfig(block_v=64, stages=1, consumers=2)
 
 
+def has_wgmma() -> bool:
+    """Whether the default device is a Hopper GPU (compute capability 9.x), the only one with the wgmma
+    instructions of the Mosaic GPU kernels (Blackwell's tensor-core instructions are others)."""
+    capability = getattr(jax.devices()[0], "compute_capability", None)
+    return capability is not None and str(capability).split(".")[0] == "9"
+
+
 def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
                   interpret: bool) -> MosaicConfig | None:
     """The Mosaic GPU passes' configuration where they should replace the Triton passes (None: the Triton ones);
     the caller also checks the kernels' shape limits (`mosaic_pass.supported`).
 
-    Env MDN_MOSAIC: 'auto' (default), '0' (never), '1' (for every dense layout of 16-bit operands, and in
-    interpret mode of any: for tests). 'auto' takes them on the GPU for dense rows (no cu_seqlens) of 16-bit
+    Env MDN_MOSAIC: 'auto' (default), '0' (never), '1' (for every dense layout of 16-bit operands, and in interpret
+    mode of any: for tests). 'auto' takes them on Hopper GPUs (`has_wgmma`) for dense rows (no cu_seqlens) of 16-bit
     operands at K = 128 with enough programs: H200, S400 (h200_2026-12-02_0bbac19), block_v 64, two consumer
     warpgroups, one stage: forward pass 0.47 ms vs 0.54 (Triton), saving pass 0.62 vs 0.85, reverse sweep 0.56 vs
-    0.77. At K = 256 only one consumer at one stage fits shared memory: 3.74 / 4.14 / 5.65 ms vs 1.63 / 2.55 /
-    1.96 (Triton). With few programs (rows * V / block_v < `_FEW_PROGRAMS`, e.g. one long sequence) the Triton
-    passes split V finer.
+    0.77. At K = 256 only one consumer at one stage fits shared memory: 3.74 / 4.14 / 5.65 ms vs 1.63 / 2.55 / 1.96
+    (Triton). With few programs (rows * V / block_v < `_FEW_PROGRAMS`, e.g. one long sequence) the Triton passes
+    split V finer.
     """
     mode = os.environ.get("MDN_MOSAIC", "auto")
     if mode not in ("auto", "0", "1"):
@@ -104,7 +112,7 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
         return None
     if mode == "1":
         return cfg
-    return cfg if not interpret and K == 128 and rows * V // cfg.block_v >= _FEW_PROGRAMS else None
+    return cfg if not interpret and has_wgmma() and K == 128 and rows * V // cfg.block_v >= _FEW_PROGRAMS else None
 
 
 def grads_config() -> KernelConfig:
@@ -129,17 +137,17 @@ def grads_kernel(supported: bool, op_dtype, *, interpret: bool) -> str:
     """Which implementation computes the pass cotangents: 'mosaic' (`mosaic_grads`, where its shape limits hold:
     `supported`), 'triton' (`chunk_grads.pass_cotangents`) or 'xla' (`chunk_grads.pass_cotangents_xla`).
 
-    'auto' takes the Mosaic kernel on the GPU for 16-bit operands: H200 (h200_2026-12-02_2f92d60) the kernel
-    alone S400 0.52 ms vs 0.65 (Triton), 1.3B 0.84 vs 1.09, T=32768 0.52 vs 0.65; the op's forward+backward S400
-    3.52 vs 3.64, 1.3B 7.11 vs 7.36, T=32768 5.36 vs 5.49. 'mosaic' also in interpret mode and for float32 there
-    (tests).
+    'auto' takes the Mosaic kernel on Hopper GPUs (`has_wgmma`) for 16-bit operands: H200 (h200_2026-12-02_2f92d60)
+    the kernel alone S400 0.52 ms vs 0.65 (Triton), 1.3B 0.84 vs 1.09, T=32768 0.52 vs 0.65; the op's
+    forward+backward S400 3.52 vs 3.64, 1.3B 7.11 vs 7.36, T=32768 5.36 vs 5.49. 'mosaic' also in interpret mode and
+    for float32 there (tests).
     """
     mode = grads_kernel_env()
     sixteen_bit = jnp.dtype(op_dtype).itemsize == 2
     if mode == "mosaic":
         return "mosaic" if supported and (sixteen_bit or interpret) else "triton"
     if mode == "auto":
-        return "mosaic" if supported and sixteen_bit and not interpret else "triton"
+        return "mosaic" if supported and sixteen_bit and not interpret and has_wgmma() else "triton"
     return mode
 
 

@@ -1,0 +1,64 @@
+"""What the Mosaic GPU kernels (`mosaic_pass`, `mosaic_grads`) share: the row-vector layout of wgmma tiles, the
+shared-memory transforms, and wgmma accumulation into float32 tiles that the caller holds in registers."""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
+
+
+def smem_transforms(cols: int, itemsize: int, interpret: bool):
+    """Tiling and swizzle of a shared-memory tile with `cols` columns (none in interpret mode, whose interpreter
+    rejects them, and for rows of 16 bytes: the narrowest swizzle is 32)."""
+    if interpret or cols * itemsize < 32:
+        return ()
+    swizzle = min(128, cols * itemsize)
+    return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
+
+
+def in_place(interpret: bool) -> bool:
+    """Whether `accumulate` runs its products in accumulators initialised with the addends (`ACC.init`: no second
+    set of registers), the GPU default, or in fresh accumulators added afterwards (interpret mode, whose
+    interpreter cannot run wgmma on an initialised accumulator; `MDN_MOSAIC_ACC=fresh` on the GPU, for timing)."""
+    mode = os.environ.get("MDN_MOSAIC_ACC", "inplace")
+    if mode not in ("inplace", "fresh"):
+        raise ValueError(f"MDN_MOSAIC_ACC must be 'inplace' or 'fresh', got {mode!r}")
+    return not interpret and mode == "inplace"
+
+
+def accumulate(groups, *, in_place: bool, during=None):
+    """x + sum_i a_i @ b_i for each group (x, [(a_1, b_1), ...]): the wgmma of all groups issued together, x a
+    float32 array in the wgmma layout, a_i, b_i shared-memory operands. `during()` runs while they compute.
+    Returns the results in order."""
+    if in_place:
+        def run(accs):
+            for acc, (_, pairs) in zip(accs, groups, strict=True):
+                for a, b in pairs:
+                    plgpu.wgmma(acc, a, b)
+            if during is not None:
+                during()
+        return pl.run_state(run)(tuple(plgpu.ACC.init(x) for x, _ in groups))
+
+    def run_fresh(*accs):
+        for acc, (_, pairs) in zip(accs, groups, strict=True):
+            for a, b in pairs:
+                plgpu.wgmma(acc, a, b)
+        if during is not None:
+            during()
+        return tuple(x + acc[...] for acc, (x, _) in zip(accs, groups, strict=True))
+    shapes = [(pairs[0][0].shape[0], pairs[0][1].shape[1]) for _, pairs in groups]
+    return pl.run_scoped(run_fresh, *(plgpu.ACC(s, jnp.float32) for s in shapes))
+
+
+def products(*pairs):
+    """a @ b for each (a, b) of shared-memory operands, in fresh float32 accumulators (the wgmma issued together)."""
+    def run(*accs):
+        for acc, (a, b) in zip(accs, pairs, strict=True):
+            plgpu.wgmma(acc, a, b)
+        return tuple(acc[...] for acc in accs)
+    return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
