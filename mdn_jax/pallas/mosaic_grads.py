@@ -4,7 +4,9 @@ tiles, the same results as `chunk_grads.pass_cotangents`.
 Work item: (row x head, chunk, 64 rows of K). Its seven products reduce over V, which a warp-specialized pipeline
 brings in [., 64] column blocks by TMA (dO, dN, N [C, 64]; S_c, M_c, lS, lM [64, 64]); two compute warpgroups
 each own 32 of the item's K columns (six [C, 32] float32 accumulators and a [C, C / (2 K/64)] slice of dattn,
-~104 registers), so the accumulators fit beside the tiles they read:
+~104 registers), so the accumulators fit beside the tiles they read. On the GPU each V block's seven products
+accumulate in place onto them (`mosaic_common.accumulate`; no spills, where fresh accumulators added afterwards
+spilled):
 
     dQb = diag(a) dO S^T - diag(b) dO M^T,  dY = -dN S^T,  dZ = dN M^T,  dKg = N lS^T,  dKr = -N lM^T,
     dattn = dO N^T,  da = rowsum(Qb o dO S^T),  db = -rowsum(Qb o dO M^T),  d(a_L, b_L, m_L) = (<lS, S>, -<lS, M>,
@@ -16,9 +18,10 @@ last V block the accumulators go out (by TMA through shared memory) and are rese
 leave as per-warpgroup row partials that XLA adds up. Limits (`supported`): C = 64, K a multiple of 64 up to 256,
 V a multiple of 64, 16-bit operands on the GPU. Interpret mode (CPU) drops the tiling/swizzle transforms.
 
-H200 (experiments/results/h200_2026-12-02_6883c15, the kernel alone): S400 0.53 ms vs 0.65 for the Triton kernel,
-1.3B 0.85 vs 1.10, at 2 stages (3 stages: 0.57, 0.88). Bringing the epilogue's qb and (a, b) by TMA at an item's
-first block, and reading each decay tile once, was slower (0.61, 0.91 at 2b82f96; h200_2026-12-02_83270bd).
+H200, the kernel alone (experiments/results/h200_2026-12-03_53b9edd): S400 0.466 ms at 3 stages (0.495 at 2) vs
+0.527 with fresh accumulators at 2 (the kernel of 2f92d60; 0.575 at 3) and 0.653 for the Triton kernel; 1.3B 0.741
+(0.789) vs 0.836 and 1.111. Bringing the epilogue's qb and (a, b) by TMA at an item's first block, and reading each
+decay tile once, was slower (0.61, 0.91 at 2b82f96; h200_2026-12-02_83270bd).
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def _default_programs(total: int) -> int:
     return math.ceil(total / math.ceil(total / sms))
 
 
-def pass_cotangents_mosaic(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads, programs=None, stages=2,
+def pass_cotangents_mosaic(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads, programs=None, stages=3,
                            interpret=False):
     """`chunk_grads.pass_cotangents` as one persistent Mosaic GPU kernel (same arguments and results).
 

@@ -45,10 +45,9 @@ def _row_scales(vec_s, C, block_v):
 
 def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs, in_place):
     """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile (and with residual
-    refs in out_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
-    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch. Three rounds of wgmma: (P S, P M),
-    (T R, Qb S, Qb M), then attn N and the state updates accumulated onto O's state part and a_L S - b_L M, m_L M
-    (`mosaic_common.accumulate`)."""
+    refs in out_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M'), the
+    last two products accumulated onto a_L S - b_L M and m_L M (`mosaic_common.accumulate`).
+    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
     o_ref, *res_refs = out_refs
@@ -66,28 +65,26 @@ def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs, in_place):
     ps, pm = products((p_s, s_smem), (p_s, m_smem))
     rn_smem[...] = (v_s[...].astype(f32) - col["d"] * ps + col["e"] * pm).astype(op)  # R
     plgpu.commit_smem()
-    n, qs, qm = products((t_s, rn_smem), (qb_s, s_smem), (qb_s, m_smem))
-    o_state = col["a"] * qs - col["b"] * qm
+    (n,) = products((t_s, rn_smem))
     rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
     gn_smem[...] = (col["g_last"] * n).astype(op)
     hn_smem[...] = (-col["rho"] * n).astype(op)
     plgpu.commit_smem()
     if res_refs:
         plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
-    kt_t = kt_s.transpose((1, 0))
-    a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
-    o, S, M = accumulate(((o_state, [(attn_s, rn_smem)]), (a_l * S - b_l * M, [(kt_t, gn_smem)]),
-                          (m_l * M, [(kt_t, hn_smem)])), in_place=in_place)
-    o_smem[...] = o.astype(op)
+    qs, qm, an = products((qb_s, s_smem), (qb_s, m_smem), (attn_s, rn_smem))
+    o_smem[...] = (col["a"] * qs - col["b"] * qm + an).astype(op)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_ref.at[row, pl.ds(c * C, C), head, vs])
-    return S, M
+    kt_t = kt_s.transpose((1, 0))
+    a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
+    return accumulate(((a_l * S - b_l * M, [(kt_t, gn_smem)]), (m_l * M, [(kt_t, hn_smem)])), in_place=in_place)
 
 
-def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs, in_place):
+def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
     """One chunk of the reverse sweep (adjoint recurrence, T form, `chunk_pass._bwd_kernel`) for one [K, block_v]
     block of (lS, lM): writes lS, lM and dN of the chunk by TMA (waited for at the next step) and returns the
-    cotangents of the chunk-start states, the last four products accumulated onto a_L lS and m_L lM - b_L lS."""
+    cotangents of the chunk-start states."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, do_s = tiles
     ls_smem, lm_smem, dn_smem, ado_smem, bdo_smem, ew_smem = bufs
     ls_ref, lm_ref, dn_ref = out_refs
@@ -106,17 +103,17 @@ def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs, in_place):
     do = do_s[...].astype(f32)
     dn_smem[...] = (attn_do + col["g_last"] * k_ls - col["rho"] * k_lm).astype(op)
     ado_smem[...] = (col["a"] * do).astype(op)
-    bdo_smem[...] = (-col["b"] * do).astype(op)
+    bdo_smem[...] = (col["b"] * do).astype(op)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(dn_smem, dn_ref.at[bh, c, :, vs])
     (w,) = products((T(t_s), dn_smem))  # W = T^T dN
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: -diag(d) W goes there
-    dn_smem[...] = (-col["d"] * w).astype(op)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: diag(d) W goes there
+    dn_smem[...] = (col["d"] * w).astype(op)
     ew_smem[...] = (col["e"] * w).astype(op)
     plgpu.commit_smem()
+    q_a, q_b, p_d, p_e = products((T(qb_s), ado_smem), (T(qb_s), bdo_smem), (T(p_s), dn_smem), (T(p_s), ew_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
-    return accumulate(((a_l * lS, [(T(qb_s), ado_smem), (T(p_s), dn_smem)]),
-                       (m_l * lM - b_l * lS, [(T(qb_s), bdo_smem), (T(p_s), ew_smem)])), in_place=in_place)
+    return a_l * lS + q_a - p_d, -b_l * lS + m_l * lM - q_b + p_e
 
 
 def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block_v, stages, consumers):
@@ -196,8 +193,7 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
 
 
 def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref,
-                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms,
-                  in_place):
+                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms):
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
@@ -206,7 +202,7 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
     start, finish = _state_io(row, head, (gfs_ref, gfm_ref), (ds0_ref, dm0_ref))
 
     def step(s, tiles, mine, carry, vs):
-        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs, in_place)
+        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
@@ -219,10 +215,7 @@ def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, c
     smem = lambda *shape: plgpu.SMEM((consumers,) + shape, op, transforms=transforms)  # noqa: E731 - per warpgroup
     scratch = [smem(K, block_v) for _ in range(n_bufs_k)] + [smem(C, block_v) for _ in range(n_bufs_c)]
     threads = dict(num_threads=consumers + 1, thread_name="wg") if consumers > 1 else {}
-    # One consumer (`plgpu.emit_pipeline` with a carry): jax 0.11.2 does not lower ACC.init there.
-    in_place = mosaic_common.in_place(interpret) and consumers > 1
-    kernel = functools.partial(kernel, transforms=transforms, in_place=in_place)
-    return plgpu.kernel(kernel, out_type=out_type, scratch_types=scratch,
+    return plgpu.kernel(functools.partial(kernel, transforms=transforms), out_type=out_type, scratch_types=scratch,
                         grid=(BH, V // (consumers * block_v)), grid_names=("bh", "vb"),
                         interpret=plgpu.InterpretGPUParams() if interpret else False, **threads)
 
@@ -259,8 +252,10 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
     if save:
         out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
                      jax.ShapeDtypeStruct((BH, NC, C, V), op))
+    # in place: not with one consumer (`plgpu.emit_pipeline` with a carry), where jax 0.11.2 does not lower ACC.init
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, save=save)
+                               consumers=consumers, save=save,
+                               in_place=mosaic_common.in_place(interpret) and consumers > 1)
     call = _launch(kernel, out_type, 2, 4, K, C, BH, V, op, block_v=block_v, consumers=consumers,
                    interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
