@@ -70,27 +70,34 @@ def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=
         scale = K ** -0.5
 
     out_dtype = q.dtype
-    q, k, v = (x.astype(dtype) for x in (q, k, v))
-    if l2norm_qk:
-        q, k = l2norm(q), l2norm(k)
-    if p is None:
-        p = k
-    else:
-        p = l2norm(p.astype(dtype)) if l2norm_qk else p.astype(dtype)
     group = HV // H
-    if group > 1:
-        q, k, p = (jnp.repeat(x, group, axis=2) for x in (q, k, p))
     log_alpha, log_mu, beta, eta = (g.astype(dtype) for g in (log_alpha, log_mu, beta, eta))
-    qb = scale * q
-    kt = eta[..., None] * k
     if segment_ids is not None:  # documents inside a row: forget the past through the gates
         reset = lay.segment_reset(segment_ids)[..., None]  # [B, T, 1] against the [B, T, HV] gates
         log_alpha = jnp.where(reset, -jnp.inf, log_alpha)
         log_mu = jnp.where(reset, -jnp.inf, log_mu)
-        if not p_times_alpha:  # with it, p = exp(-inf) p is 0 at a reset already (no [B, T, HV, K] select)
+    if implementation == "pallas" and l2norm_qk and p is None and p_times_alpha:
+        from mdn_jax.pallas.prep import prepare_qkp  # the same map with its backward as one kernel
+
+        if group > 1:
+            q, k = (jnp.repeat(x, group, axis=2) for x in (q, k))
+        qb, kt, p = prepare_qkp(q, k, log_alpha, eta, scale, jax.default_backend() != "gpu")
+    else:
+        q, k, v = (x.astype(dtype) for x in (q, k, v))
+        if l2norm_qk:
+            q, k = l2norm(q), l2norm(k)
+        if p is None:
+            p = k
+        else:
+            p = l2norm(p.astype(dtype)) if l2norm_qk else p.astype(dtype)
+        if group > 1:
+            q, k, p = (jnp.repeat(x, group, axis=2) for x in (q, k, p))
+        qb = scale * q
+        kt = eta[..., None] * k
+        if segment_ids is not None and not p_times_alpha:  # with it, p = exp(-inf) p is 0 at a reset already
             p = jnp.where(reset[..., None], 0.0, p)  # [B, T, 1, 1] against p [B, T, HV, K]
-    if p_times_alpha:
-        p = jnp.exp(log_alpha)[..., None] * p
+        if p_times_alpha:
+            p = jnp.exp(log_alpha)[..., None] * p
 
     if cu_seqlens is not None:
         layout = lay.packed_layout(cu_seqlens, T, chunk_size)

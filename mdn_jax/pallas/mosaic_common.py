@@ -54,11 +54,3 @@ def accumulate(groups, *, in_place: bool, during=None):
     shapes = [(pairs[0][0].shape[0], pairs[0][1].shape[1]) for _, pairs in groups]
     return pl.run_scoped(run_fresh, *(plgpu.ACC(s, jnp.float32) for s in shapes))
 
-
-def products(*pairs):
-    """a @ b for each (a, b) of shared-memory operands, in fresh float32 accumulators (the wgmma issued together)."""
-    def run(*accs):
-        for acc, (a, b) in zip(accs, pairs, strict=True):
-            plgpu.wgmma(acc, a, b)
-        return tuple(acc[...] for acc in accs)
-    return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))

@@ -38,6 +38,20 @@ class BlockConfig(NamedTuple):
     mosaic: MosaicConfig | None = None  # the sequential passes in Mosaic GPU instead of Triton (`mosaic_config`)
 
 
+class PrepConfig(NamedTuple):
+    """The backward kernel of the op's q, k preprocessing (`mdn_jax.pallas.prep`)."""
+
+    use_kernel: bool  # the Pallas kernel (else the same VJP in jnp)
+    block_rows: int  # rows of [K] per program
+    num_warps: int
+
+
+def prep_config() -> PrepConfig:
+    """Env MDN_PREP_KERNEL (1; 0: the jnp VJP), MDN_PREP_BLOCK_ROWS (32), MDN_PREP_WARPS (4)."""
+    return PrepConfig(use_kernel=_env("MDN_PREP_KERNEL", 1) != 0, block_rows=_env("MDN_PREP_BLOCK_ROWS", 32),
+                      num_warps=_env("MDN_PREP_WARPS", 4))
+
+
 class KernelConfig(NamedTuple):
     """A backward stage that runs as a Pallas kernel or as XLA products."""
 
