@@ -80,3 +80,22 @@ def test_has_wgmma_reads_the_compute_capability(monkeypatch):
         assert tuning.has_wgmma() is expected
     monkeypatch.setattr(tuning.jax, "devices", lambda: [object()])  # CPU devices have no compute capability
     assert tuning.has_wgmma() is False
+
+
+def test_mosaic_accumulation_in_place_on_the_gpu_only(monkeypatch):
+    from mdn_jax.pallas import mosaic_common
+
+    assert mosaic_common.in_place(interpret=False) is True
+    assert mosaic_common.in_place(interpret=True) is False  # the interpreter: fresh accumulators
+    monkeypatch.setenv("MDN_MOSAIC_ACC", "fresh")
+    assert mosaic_common.in_place(interpret=False) is False
+    monkeypatch.setenv("MDN_MOSAIC_ACC", "yes")
+    with pytest.raises(ValueError, match="MDN_MOSAIC_ACC"):
+        mosaic_common.in_place(interpret=False)
+
+
+def test_prep_config_env(monkeypatch):
+    assert tuning.prep_config() == tuning.PrepConfig(use_kernel=True, block_rows=32, num_warps=4)
+    monkeypatch.setenv("MDN_PREP_KERNEL", "0")
+    monkeypatch.setenv("MDN_PREP_BLOCK_ROWS", "64")
+    assert tuning.prep_config() == tuning.PrepConfig(use_kernel=False, block_rows=64, num_warps=4)

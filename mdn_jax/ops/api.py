@@ -76,7 +76,7 @@ def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=
         reset = lay.segment_reset(segment_ids)[..., None]  # [B, T, 1] against the [B, T, HV] gates
         log_alpha = jnp.where(reset, -jnp.inf, log_alpha)
         log_mu = jnp.where(reset, -jnp.inf, log_mu)
-    if implementation == "pallas" and l2norm_qk and p is None and p_times_alpha:
+    if implementation == "pallas" and l2norm_qk and p is None and p_times_alpha and isinstance(scale, (int, float)):
         from mdn_jax.pallas.prep import prepare_qkp  # the same map with its backward as one kernel
 
         if group > 1:

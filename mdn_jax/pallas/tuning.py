@@ -9,7 +9,9 @@ differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-
 `MDN_GRADS_KERNEL` picks the pass cotangents' implementation (`grads_kernel`: mosaic, triton or xla),
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
-side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`).
+side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
+`MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's backward (`prep_config`);
+`MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`).
 """
 
 from __future__ import annotations
