@@ -1,5 +1,7 @@
-"""What the Mosaic GPU kernels (`mosaic_pass`, `mosaic_grads`) share: the row-vector layout of wgmma tiles, the
-shared-memory transforms, and wgmma accumulation into float32 tiles that the caller holds in registers."""
+"""Helpers of the Mosaic GPU kernels: the row-vector layout of wgmma tiles, the shared-memory transforms and wgmma
+accumulation onto float32 tiles held in registers (`mosaic_grads`). `mosaic_pass` keeps its own copies of the
+layout and of fresh-accumulator products, the kernel measured on the GPU at 8ba81b8: accumulating in place was
+slower there (experiments/results/h200_2026-12-03_53b9edd); moving it onto these is left for a GPU call."""
 
 from __future__ import annotations
 
