@@ -28,7 +28,7 @@ if [ "${FLA_BG:-0}" = 1 ]; then  # the FLA parity test (Triton autotuning: minut
   fla_parity ${FLA_TIMEOUT:-280} &
   fla_pid=$!
 fi
-[ "${TESTS:-1}" = 1 ] && timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_pallas_mosaic.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 ${TEST_ARGS:-} \
+[ "${TESTS:-1}" = 1 ] && timeout ${TEST_TIMEOUT:-400} python3 -m pytest tests/test_pallas.py tests/test_pallas_mosaic.py tests/test_pallas_prep.py tests/test_model_parity_fla.py -k "${TEST_K:-gpu or fla}" -v -p no:cacheprovider --durations=8 ${TEST_ARGS:-} \
   2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|ERROR|passed|failed|Error|s call" | tail -30
 [ -n "$fla_pid" ] && { wait $fla_pid; grep -E "parity|PASS|FAIL|passed|failed" "$OUT/fla.log" | tail -4; }
 if [ -n "${AUTHORS_ROOT:-}" ]; then
