@@ -111,13 +111,11 @@ def _kernel(a_ref, b_ref, qb_ref, do_ref, dn_ref, n_ref, s_ref, m_ref, ls_ref, l
 
         pairs = ((do_s, sn(s_s)), (do_s, sn(m_s)), (dn_s, sn(s_s)), (dn_s, sn(m_s)), (n_s, sn(ls_s)),
                  (n_s, sn(lm_s)), (do_s, T(n_s.at[pl.ds(q * cw, cw)])))
+        groups = tuple((x, [ab]) for x, ab in zip(accs, pairs, strict=True))
         if in_place:  # all seven into the carried accumulators
-            accs = accumulate(tuple((x, [ab]) for x, ab in zip(accs, pairs, strict=True)), in_place=True,
-                              during=decay_all)
+            accs = accumulate(groups, in_place=True, during=decay_all)
         else:  # fresh accumulators in two groups (one of seven would double the registers)
-            accs = accumulate(tuple((x, [ab]) for x, ab in zip(accs[:4], pairs[:4], strict=True)), in_place=False) + \
-                accumulate(tuple((x, [ab]) for x, ab in zip(accs[4:], pairs[4:], strict=True)), in_place=False,
-                           during=decay_all)
+            accs = accumulate(groups[:4], in_place=False) + accumulate(groups[4:], in_place=False, during=decay_all)
 
         @pl.when((j == nvb - 1) & (pid + i * programs < total))
         def _():

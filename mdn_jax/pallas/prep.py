@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.ops.api import L2_EPS
+from mdn_jax.ops.api import L2_EPS, l2norm
 from mdn_jax.pallas import common, tuning
 
 
@@ -71,8 +71,7 @@ def _kernel_fits(R: int, K: int, block_rows: int) -> bool:
 
 def _forward(q, k, log_alpha, eta, scale):
     f32 = _acc(q.dtype)
-    yq, _ = _unit(q.astype(f32))
-    yk, _ = _unit(k.astype(f32))
+    yq, yk = l2norm(q.astype(f32)), l2norm(k.astype(f32))
     alpha = jnp.exp(log_alpha.astype(f32))[..., None]
     out = q.dtype
     return ((scale * yq).astype(out), (eta.astype(f32)[..., None] * yk).astype(out), (alpha * yk).astype(out))
