@@ -101,12 +101,13 @@ def _solve_kernel(w_ref, t_ref, *, chunk, gate_precision):
             t_ref[bh, c, pl.ds(i * n, n), pl.ds(j * n, n)] = x.astype(t_ref.dtype)
 
 
-def chunk_local(qb, kt, p, log_alpha, log_mu, beta, *, chunk, op_dtype, interpret, num_warps=4,
+def chunk_local(qb, kt, p, log_alpha, log_mu, beta, *, chunk, op_dtype, interpret, num_warps=4, solve_warps=4,
                 with_residuals=False):
     """The chunk-local stage of the forward in Pallas kernels.
 
     qb, kt, p: [B, Tp, HV, K] (K a power of two >= 16); log_alpha, log_mu, beta: [B, Tp, HV]; chunk in 16/32/64
-    divides Tp. Returns `LocalOutputs` (T, attn, vecs, decay); with_residuals: (LocalOutputs, LocalResiduals).
+    divides Tp; num_warps, solve_warps: Triton warps of the coefficient and solve kernels. Returns `LocalOutputs`
+    (T, attn, vecs, decay); with_residuals: (LocalOutputs, LocalResiduals).
     """
     B, Tp, HV, K = kt.shape
     BH, NC, C = B * HV, Tp // chunk, chunk
@@ -124,6 +125,6 @@ def chunk_local(qb, kt, p, log_alpha, log_mu, beta, *, chunk, op_dtype, interpre
     w, attn, vecs, decay, *res = common.call(coeff, grid, shapes, interpret, num_warps, qb, kt, p, log_alpha, log_mu,
                                              beta, stages=stages)
     solve = functools.partial(_solve_kernel, chunk=C, gate_precision=gate_precision)
-    (t,) = common.call(solve, grid, (shape(C, C, dtype=op_dtype),), interpret, num_warps, w, stages=stages)
+    (t,) = common.call(solve, grid, (shape(C, C, dtype=op_dtype),), interpret, solve_warps, w, stages=stages)
     outs = LocalOutputs(t, attn, vecs, decay)
     return (outs, LocalResiduals(*res)) if with_residuals else outs

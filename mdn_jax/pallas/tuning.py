@@ -2,14 +2,14 @@
 
 Environment overrides (for tuning runs): `MDN_BLOCK_V` (reverse sweep), `MDN_BLOCK_V_SAVE` (forward pass under
 differentiation, which also writes the chunk states), `MDN_BLOCK_V_INFER` (forward pass without
-differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-local kernels),
+differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-local coefficients), `MDN_SOLVE_WARPS` (the solve),
 `MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel of `chunk_grads`),
 `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_VJP_WARPS` (the kernel of `chunk_local_bwd`),
 `MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
 `MDN_GRADS_KERNEL` picks the pass cotangents' implementation (`grads_kernel`: mosaic, triton or xla),
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
-side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
+side-by-side measurement), `MDN_GATE_VJP_FUSED=1` inside the chunk-local VJP kernel (`fuse_gate_vjp`); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
 `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's backward (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`).
 """
@@ -36,7 +36,8 @@ class BlockConfig(NamedTuple):
     block_v_save: int  # the same for the forward pass under differentiation (writes the chunk states)
     block_v_infer: int  # the same for the forward pass without differentiation (no per-chunk states written)
     num_warps: int  # sequential passes
-    local_warps: int  # chunk-local kernels
+    local_warps: int  # the chunk-local coefficient kernel
+    solve_warps: int  # the chunk-local triangular solve (16 x 16 blocks)
     mosaic: MosaicConfig | None = None  # the sequential passes in Mosaic GPU instead of Triton (`mosaic_config`)
 
 
@@ -93,7 +94,7 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
     block_v_infer = _env("MDN_BLOCK_V_INFER", fill(64 if K <= 128 else 16))
     return BlockConfig(block_v=min(block_v, V), block_v_save=min(block_v_save, V),
                        block_v_infer=min(block_v_infer, V), num_warps=_env("MDN_NUM_WARPS", 4),
-                       local_warps=_env("MDN_LOCAL_WARPS", 4))
+                       local_warps=_env("MDN_LOCAL_WARPS", 4), solve_warps=_env("MDN_SOLVE_WARPS", 4))
 
 
 _MOSAIC = MosaicConfig(block_v=64, stages=1, consumers=2)
@@ -203,6 +204,13 @@ def use_gate_vjp_kernel() -> bool:
     """Whether the VJP of the gate-coefficient map runs as the kernel of `mdn_jax.pallas.gate_vjp` (env
     MDN_GATE_VJP_KERNEL, default 1), instead of XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`."""
     return os.environ.get("MDN_GATE_VJP_KERNEL", "1") != "0"
+
+
+def fuse_gate_vjp() -> bool:
+    """Whether the gate-coefficient VJP runs inside the chunk-local VJP kernel (env MDN_GATE_VJP_FUSED, default 0;
+    with the kernels of both on): Gamma and Gamma_down are then recomputed there instead of saved by the forward,
+    and their cotangents never leave registers."""
+    return os.environ.get("MDN_GATE_VJP_FUSED", "0") != "0"
 
 
 def gate_vjp_warps() -> int:
