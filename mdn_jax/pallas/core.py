@@ -16,13 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from mdn_jax.ops.core import CoreInputs
+from mdn_jax.pallas import tuning
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.chunk_pass import pass_backward, pass_forward
 from mdn_jax.pallas.local_vjp import local_stage_vjp
 from mdn_jax.pallas.mosaic_pass import supported as mosaic_supports
-from mdn_jax.pallas.tuning import (BlockConfig, block_config, fuse_gate_vjp, local_vjp_config, mosaic_config,
-                                  use_gate_vjp_kernel)
+from mdn_jax.pallas.tuning import BlockConfig, block_config, local_vjp_config, mosaic_config, use_gate_vjp_kernel
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -44,7 +44,7 @@ def _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg: 
 
 
 def _fused_gate_vjp() -> bool:
-    return local_vjp_config().use_kernel and use_gate_vjp_kernel() and fuse_gate_vjp()
+    return local_vjp_config().use_kernel and use_gate_vjp_kernel() and tuning.fuse_gate_vjp()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14))

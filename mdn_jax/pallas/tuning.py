@@ -2,14 +2,15 @@
 
 Environment overrides (for tuning runs): `MDN_BLOCK_V` (reverse sweep), `MDN_BLOCK_V_SAVE` (forward pass under
 differentiation, which also writes the chunk states), `MDN_BLOCK_V_INFER` (forward pass without
-differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-local coefficients), `MDN_SOLVE_WARPS` (the solve),
-`MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel of `chunk_grads`),
-`MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_VJP_WARPS` (the kernel of `chunk_local_bwd`),
-`MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
+differentiation), `MDN_NUM_WARPS` (sequential passes), `MDN_LOCAL_WARPS` (chunk-local coefficients),
+`MDN_SOLVE_WARPS` (the solve), `MDN_GRADS_BLOCK_K`, `MDN_GRADS_BLOCK_V`, `MDN_GRADS_WARPS` (the cotangent kernel
+of `chunk_grads`), `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_VJP_WARPS` (the kernel of
+`chunk_local_bwd`), `MDN_STAGES_<FAMILY>` (Triton pipelining stages, see `num_stages`);
 `MDN_GRADS_KERNEL` picks the pass cotangents' implementation (`grads_kernel`: mosaic, triton or xla),
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
-side-by-side measurement), `MDN_GATE_VJP_FUSED=1` inside the chunk-local VJP kernel (`fuse_gate_vjp`); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
+side-by-side measurement), `MDN_GATE_VJP_FUSED=1` inside the chunk-local VJP kernel (`fuse_gate_vjp`);
+`MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
 `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's backward (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`).
 """
