@@ -261,14 +261,11 @@ def test_local_stage_vjp_matches_autodiff_of_xla_stage(gates):
 
 
 def _check_local_vjp_kernel(args, C, dtype, tol, interpret, seed=2, **blocks):
-    """local_stage_vjp_kernel (with the gate-VJP kernel, XLA's gate autodiff if blocks has gate_kernel=False, or
-    the gate VJP inside the kernel with fused_gates=True, then without the saved Gamma's) == local_stage_vjp (XLA
-    products, coefficients recomputed by XLA) on random cotangents of every stage output."""
+    """local_stage_vjp_kernel (with the gate-VJP kernel, or XLA's gate autodiff if blocks has gate_kernel=False) ==
+    local_stage_vjp (XLA products, coefficients recomputed by XLA) on random cotangents of every stage output."""
     args = tuple(x.astype(dtype) if x.ndim == 4 else x for x in args)
     local, saved = chunk_local(*args[:3], *args[4:], chunk=C, op_dtype=dtype, interpret=interpret,
                                with_residuals=True)
-    if blocks.get("fused_gates"):
-        saved = None
     rng = np.random.default_rng(seed)
     shapes = jax.eval_shape(functools.partial(_xla_local, chunk=C, op_dtype=dtype), *args)
     cot = tuple(jnp.asarray(rng.standard_normal(o.shape), jnp.float32).astype(o.dtype) for o in shapes)
@@ -283,9 +280,7 @@ def _check_local_vjp_kernel(args, C, dtype, tol, interpret, seed=2, **blocks):
 
 @pytest.mark.parametrize("C,K,V,gates,blocks", [(32, 32, 64, "random", {}), (16, 64, 32, "reset", dict(block_k=16)),
                                                 (64, 32, 32, "mu0", dict(block_k=32, block_v=16)),
-                                                (32, 32, 32, "drift", dict(gate_kernel=False)),
-                                                (32, 32, 64, "drift", dict(fused_gates=True)),
-                                                (16, 64, 32, "reset", dict(block_k=16, fused_gates=True))])
+                                                (32, 32, 32, "drift", dict(gate_kernel=False))])
 @pytest.mark.usefixtures("x64")
 def test_interpret_local_vjp_kernel_matches_xla(C, K, V, gates, blocks):
     """The chunk-local VJP kernel (several K and V blocks) equals the XLA products, in float64."""
@@ -340,10 +335,9 @@ def _run_and_grads_with_env(monkeypatch, env, inputs, init):
         return run("pallas", inputs, init), grads("pallas", inputs, init)
 
 
-@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_GATE_VJP_FUSED=1"])
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0"])
 def test_interpret_grads_with_env_switches(monkeypatch, env):
-    """The op's outputs and gradients through the XLA-product chunk-local VJP, or the gate VJP fused into the
-    chunk-local VJP kernel, == 'xla'."""
+    """The op's outputs and gradients through the XLA-product chunk-local VJP == 'xla'."""
     inputs, init = make_inputs(17, B=2, T=130, H=2, K=32, V=32)
     out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)
     assert_close(out, run("xla", inputs, init), 1e-4, env)
@@ -495,12 +489,11 @@ def test_gpu_forward_and_grads(dtype, tol, T, K, V):
 
 
 @gpu
-@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_GRADS_KERNEL=triton", "MDN_GATE_VJP_FUSED=1"])
+@pytest.mark.parametrize("env", ["MDN_LOCAL_VJP_KERNEL=0", "MDN_GRADS_KERNEL=triton"])
 @pytest.mark.parametrize("dtype,tol,T,K,V", [GPU_CASES[1], GPU_CASES[2], GPU_CASES[4]])
 def test_gpu_forward_and_grads_env_switches(monkeypatch, env, dtype, tol, T, K, V):
-    """The op's outputs and gradients with the XLA-product chunk-local VJP, the Triton pass cotangents (the
-    default takes the Mosaic kernel for 16-bit operands), or the gate VJP fused into the chunk-local VJP kernel,
-    against the fp32 reference."""
+    """The op's outputs and gradients with the XLA-product chunk-local VJP, or the Triton pass cotangents (the
+    default takes the Mosaic kernel for 16-bit operands), against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 1, T, K, V, dtype)
     what = f"{env} {dtype.__name__} T={T} K={K} V={V}"
     out, g = _run_and_grads_with_env(monkeypatch, env, inputs, init)

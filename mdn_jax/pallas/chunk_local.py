@@ -101,7 +101,7 @@ def _solve_kernel(w_ref, t_ref, *, chunk, gate_precision):
             t_ref[bh, c, pl.ds(i * n, n), pl.ds(j * n, n)] = x.astype(t_ref.dtype)
 
 
-def chunk_local(qb, kt, p, log_alpha, log_mu, beta, *, chunk, op_dtype, interpret, num_warps=4, solve_warps=4,
+def chunk_local(qb, kt, p, log_alpha, log_mu, beta, *, chunk, op_dtype, interpret, num_warps=4, solve_warps=1,
                 with_residuals=False):
     """The chunk-local stage of the forward in Pallas kernels.
 

@@ -25,27 +25,22 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mdn_jax.pallas import common, gates, tuning
+from mdn_jax.pallas import common, tuning
 from mdn_jax.pallas.chunk_local import vec_columns
-from mdn_jax.pallas.gate_vjp import chunk_gate_cotangents, gate_vjp
+from mdn_jax.pallas.gate_vjp import gate_vjp
 from mdn_jax.pallas.local_vjp import coefficients_with_vjp
 
 
-def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, vec_ref, gattn_ref, gu_ref, gy_ref, gz_ref, gkg_ref,
-                      gkr_ref, gqb_ref, *refs, num_heads, block_k, block_v, precision, gate_precision, fused):
-    """refs: the gate inputs, (dqb, dkt, dp, dv), the gate outputs. Not fused: inputs (Gamma, Gamma_down) saved by
-    the forward, outputs the cotangents (Gamma, Gamma_down, (d, e, rho)) for `gate_vjp`. Fused: inputs the gates
-    (log_alpha, log_mu, beta) and the cotangents of (a, b, decay); the coefficients are recomputed here and the
-    outputs are the gates' cotangents."""
-    n_gate_in = 6 if fused else 2
-    gate_in, (dqb_ref, dkt_ref, dp_ref, dv_ref), gate_out = refs[:n_gate_in], refs[n_gate_in:n_gate_in + 4], refs[
-        n_gate_in + 4:]
+def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, gamma_ref, gdown_ref, vec_ref, gattn_ref, gu_ref, gy_ref,
+                      gz_ref, gkg_ref, gkr_ref, gqb_ref,
+                      dqb_ref, dkt_ref, dp_ref, dv_ref, g_gamma_ref, g_gdown_ref, g_vec_ref,
+                      *, num_heads, block_k, block_v, precision):
     bh, c = pl.program_id(0), pl.program_id(1)
     row, head = bh // num_heads, bh % num_heads
     C = t_ref.shape[-1]
     K, V = qb_ref.shape[-1], v_ref.shape[-1]
     ts = pl.ds(c * C, C)
-    op, acc = t_ref.dtype, vec_ref.dtype
+    op, acc = t_ref.dtype, g_gamma_ref.dtype
     dot = functools.partial(common.dot, precision=precision, acc=acc)
 
     def dot_t(x, y):  # x y^T with operand-dtype operands
@@ -82,29 +77,15 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, vec_ref, gattn_ref, g
     rows, cols = common.iota((C, C), 0), common.iota((C, C), 1)
     tt_gt = dot(t, g_t.astype(op), trans_a=True)  # T^T dT
     g_w = jnp.where(rows > cols, -dot_t(tt_gt, t), 0.0)
-    gattn = gattn_ref[bh, c].astype(acc)
+    gamma, gattn = gamma_ref[bh, c], gattn_ref[bh, c].astype(acc)
     g_gamma = gattn * qk
-    g_gamma = jnp.where(rows == C - 1, g_gamma + g_last[None, :], g_gamma)
-    g_gdown = g_w * pk
-    if fused:
-        la_ref, lm_ref, beta_ref, ga_ref, gb_ref, gdecay_ref = gate_in
-        la, lm = la_ref[row, ts, head].astype(acc), lm_ref[row, ts, head].astype(acc)
-        cf = gates.coefficients(la, lm, beta_ref[row, ts, head].astype(acc), gate_precision)
-        gamma, gamma_down = cf.gamma, cf.gamma_down
-        g_gates = chunk_gate_cotangents(cf, la, lm, g_gamma, g_gdown, (g_d, g_e, g_rho), ga_ref[bh, c],
-                                        gb_ref[bh, c], gdecay_ref[bh, c], gate_precision)
-        for ref, g in zip(gate_out, g_gates, strict=True):
-            ref[row, ts, head] = g.astype(ref.dtype)
-    else:
-        gamma_ref, gdown_ref = gate_in
-        gamma, gamma_down = gamma_ref[bh, c], gdown_ref[bh, c]
-        g_gamma_ref, g_gdown_ref, g_vec_ref = gate_out
-        g_gamma_ref[bh, c], g_gdown_ref[bh, c] = g_gamma, g_gdown
-        for i, g in enumerate((g_d, g_e, g_rho)):
-            g_vec_ref[bh, c, i] = g
+    g_gamma_ref[bh, c] = jnp.where(rows == C - 1, g_gamma + g_last[None, :], g_gamma)
+    g_gdown_ref[bh, c] = g_w * pk
+    for i, g in enumerate((g_d, g_e, g_rho)):
+        g_vec_ref[bh, c, i] = g
     gamma_last = common.pick_row(gamma, C - 1)[:, None]  # Gamma_L as a column [C, 1]
     g_attn_gamma = (gattn * gamma).astype(op)
-    g_w_gamma = (g_w * gamma_down).astype(op)
+    g_w_gamma = (g_w * gdown_ref[bh, c]).astype(op)
 
     def out_step(i, carry):
         ks, (qb, kt, p), (gy, gz, gkg, gkr) = load(i)
@@ -122,14 +103,12 @@ def _local_bwd_kernel(qb_ref, kt_ref, p_ref, v_ref, t_ref, vec_ref, gattn_ref, g
 
 
 def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, block_v=64, num_warps=4,
-                           gate_kernel=True, fused_gates=False):
+                           gate_kernel=True):
     """`local_vjp.local_stage_vjp` with the tensor-sized products in one Pallas kernel and the gate-coefficient VJP
-    in the kernel of `gate_vjp` (gate_kernel=False: XLA's autodiff of `local_vjp.coefficients`; fused_gates: in
-    the same kernel, which recomputes Gamma and Gamma_down from the gates instead of reading them).
+    in the kernel of `gate_vjp` (gate_kernel=False: XLA's autodiff of `local_vjp.coefficients`).
 
     res: (qb, kt, p, v) [B, Tp, HV, .], (log_alpha, log_mu, beta) [B, Tp, HV] and the stage's
-    `chunk_local.LocalOutputs` and `chunk_local.LocalResiduals` (None with fused_gates); cot and the results as
-    `local_stage_vjp`.
+    `chunk_local.LocalOutputs` and `chunk_local.LocalResiduals`; cot and the results as `local_stage_vjp`.
     """
     qb_in, kt_in, p_in, v_in, log_alpha, log_mu, beta, local, saved = res
     ga, gb, gdecay, gqb, gattn, gu, gy, gz, gkg, gkr = cot
@@ -138,30 +117,19 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
     BH, NC, C = B * HV, Tp // chunk, chunk
     acc = jnp.float64 if jnp.dtype(op_dtype) == jnp.float64 else jnp.float32
     block_k, block_v = min(block_k, K), min(block_v, V)
-    gate_precision = gates.gate_precision(jnp.dtype(op_dtype), interpret)
     kernel = functools.partial(_local_bwd_kernel, num_heads=HV, block_k=block_k, block_v=block_v,
-                               precision=common.dot_precision(jnp.dtype(op_dtype), interpret),
-                               gate_precision=gate_precision, fused=fused_gates)
+                               precision=common.dot_precision(jnp.dtype(op_dtype), interpret))
     like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
-    if fused_gates:
-        gate_in = (log_alpha, log_mu, beta, ga.astype(acc), gb.astype(acc), gdecay.astype(acc))
-        gate_out = tuple(like(x) for x in (log_alpha, log_mu, beta))
-    else:
-        gate_in = (saved.gamma.astype(acc), saved.gamma_down.astype(acc))
-        gate_out = (jax.ShapeDtypeStruct((BH, NC, C, C), acc), jax.ShapeDtypeStruct((BH, NC, C, C), acc),
-                    jax.ShapeDtypeStruct((BH, NC, 3, C), acc))
-    out_shape = (like(qb_in), like(kt_in), like(p_in), like(v_in)) + gate_out
-    dqb, dkt, dp, dv, *gate_res = common.call(
+    out_shape = (like(qb_in), like(kt_in), like(p_in), like(v_in), jax.ShapeDtypeStruct((BH, NC, C, C), acc),
+                 jax.ShapeDtypeStruct((BH, NC, C, C), acc), jax.ShapeDtypeStruct((BH, NC, 3, C), acc))
+    dqb, dkt, dp, dv, g_gamma, g_gamma_down, g_vec = common.call(
         kernel, (BH, NC), out_shape, interpret, num_warps, qb_in, kt_in, p_in, v_in, local.t.astype(op_dtype),
-        local.vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr, gqb, *gate_in,
-        stages=tuning.num_stages("local_vjp", K, op_dtype))
-    if fused_gates:
-        g_gates = gate_res
-    elif gate_kernel:
-        g_gates = gate_vjp(log_alpha, log_mu, beta, *gate_res, ga, gb, gdecay, op_dtype=op_dtype,
+        saved.gamma.astype(acc), saved.gamma_down.astype(acc), local.vecs.astype(acc), gattn, gu, gy, gz, gkg, gkr,
+        gqb, stages=tuning.num_stages("local_vjp", K, op_dtype))
+    if gate_kernel:
+        g_gates = gate_vjp(log_alpha, log_mu, beta, g_gamma, g_gamma_down, g_vec, ga, gb, gdecay, op_dtype=op_dtype,
                            interpret=interpret)
     else:
-        g_gamma, g_gamma_down, g_vec = gate_res
         g_d, g_e, g_rho = (g_vec[:, :, i] for i in range(3))
         _, gates_vjp = coefficients_with_vjp(log_alpha, log_mu, beta, chunk, acc)
         g_gates = gates_vjp(ga, gb, gdecay, g_gamma, g_gamma_down, g_rho, g_d, g_e)

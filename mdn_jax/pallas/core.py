@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from mdn_jax.ops.core import CoreInputs
-from mdn_jax.pallas import tuning
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.chunk_pass import pass_backward, pass_forward
@@ -43,10 +42,6 @@ def _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg: 
                        num_warps=cfg.local_warps, solve_warps=cfg.solve_warps, with_residuals=with_residuals)
 
 
-def _fused_gate_vjp() -> bool:
-    return local_vjp_config().use_kernel and use_gate_vjp_kernel() and tuning.fuse_gate_vjp()
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14))
 def _core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret, cfg):
     """O [B, Tp, HV, V] and the final (S, M) table; qb, kt, p, v in op_dtype."""
@@ -57,9 +52,7 @@ def _core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final
 
 def _core_fwd(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret,
               cfg):
-    with_residuals = not _fused_gate_vjp()  # the fused kernel recomputes Gamma, Gamma_down instead
-    local = _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg, with_residuals)
-    local, local_res = local if with_residuals else (local, None)
+    local, local_res = _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg, True)
     o, fs, fm, pass_res = pass_forward(local, qb, kt, p, v, s0, m0, chunk_init, chunk_final, save=True,
                                        block_v=cfg.block_v_save, interpret=interpret, num_warps=cfg.num_warps,
                                        mosaic=cfg.mosaic)
@@ -77,8 +70,7 @@ def _core_bwd(chunk, op_dtype, interpret, cfg, res, cot):
     if vjp_cfg.use_kernel:
         grads = local_stage_vjp_kernel(inputs + (local, local_res), local_cot, chunk, op_dtype, interpret=interpret,
                                        block_k=vjp_cfg.block_k, block_v=vjp_cfg.block_v,
-                                       num_warps=vjp_cfg.num_warps, gate_kernel=use_gate_vjp_kernel(),
-                                       fused_gates=local_res is None)
+                                       num_warps=vjp_cfg.num_warps, gate_kernel=use_gate_vjp_kernel())
     else:
         grads = local_stage_vjp(inputs + (local.t,), local_cot, chunk, op_dtype)
     return tuple(grads) + (ds0, dm0, None, None)

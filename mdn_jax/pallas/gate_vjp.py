@@ -18,28 +18,24 @@ from jax.experimental import pallas as pl
 from mdn_jax.pallas import common, gates, tuning
 
 
-def chunk_gate_cotangents(cf, la, lm, g_gamma, g_gamma_down, g_vec, ga, gb, gdecay, precision):
-    """One chunk's (log_alpha, log_mu, beta) cotangents [C] in a kernel: `gates.coefficients_vjp` with the
-    cotangents of (d, e, rho) as the rows of g_vec [3, C] and those of (a_L, b_L, m_L) the first of gdecay [>= 3]."""
-    idx = common.iota(gdecay.shape, 0)
-    g_decay = tuple(jnp.sum(jnp.where(idx == i, gdecay, 0.0)) for i in range(3))
-    g_d, g_e, g_rho = g_vec
-    return gates.coefficients_vjp(cf, la, lm, g_gamma, g_gamma_down, g_rho, g_d, g_e, ga, gb, g_decay, precision)
-
-
 def _gate_vjp_kernel(la_ref, lm_ref, beta_ref, g_gamma_ref, g_gdown_ref, g_vec_ref, ga_ref, gb_ref, gdecay_ref,
                      g_la_ref, g_lm_ref, g_beta_ref, *, num_heads, precision):
     bh, c = pl.program_id(0), pl.program_id(1)
     row, head = bh // num_heads, bh % num_heads
-    ts = pl.ds(c * g_gamma_ref.shape[-1], g_gamma_ref.shape[-1])
+    C = g_gamma_ref.shape[-1]
+    ts = pl.ds(c * C, C)
     acc = g_gamma_ref.dtype
     la, lm = la_ref[row, ts, head].astype(acc), lm_ref[row, ts, head].astype(acc)
     cf = gates.coefficients(la, lm, beta_ref[row, ts, head].astype(acc), precision, with_gamma=False)
-    g_vec = tuple(g_vec_ref[bh, c, i] for i in range(3))
-    grads = chunk_gate_cotangents(cf, la, lm, g_gamma_ref[bh, c], g_gdown_ref[bh, c], g_vec, ga_ref[bh, c],
-                                  gb_ref[bh, c], gdecay_ref[bh, c], precision)
-    for ref, g in zip((g_la_ref, g_lm_ref, g_beta_ref), grads, strict=True):
-        ref[row, ts, head] = g.astype(ref.dtype)
+    gdecay = gdecay_ref[bh, c]
+    idx = common.iota(gdecay.shape, 0)
+    g_decay = tuple(jnp.sum(jnp.where(idx == i, gdecay, 0.0)) for i in range(3))
+    g_d, g_e, g_rho = (g_vec_ref[bh, c, i] for i in range(3))
+    g_la, g_lm, g_beta = gates.coefficients_vjp(cf, la, lm, g_gamma_ref[bh, c], g_gdown_ref[bh, c], g_rho, g_d, g_e,
+                                                ga_ref[bh, c], gb_ref[bh, c], g_decay, precision)
+    g_la_ref[row, ts, head] = g_la.astype(g_la_ref.dtype)
+    g_lm_ref[row, ts, head] = g_lm.astype(g_lm_ref.dtype)
+    g_beta_ref[row, ts, head] = g_beta.astype(g_beta_ref.dtype)
 
 
 def gate_vjp(log_alpha, log_mu, beta, g_gamma, g_gamma_down, g_vec, ga, gb, gdecay, *, op_dtype, interpret,

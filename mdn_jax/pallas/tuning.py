@@ -9,7 +9,7 @@ of `chunk_grads`), `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_
 `MDN_GRADS_KERNEL` picks the pass cotangents' implementation (`grads_kernel`: mosaic, triton or xla),
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
-side-by-side measurement), `MDN_GATE_VJP_FUSED=1` inside the chunk-local VJP kernel (`fuse_gate_vjp`);
+side-by-side measurement);
 `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
 `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's backward (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`).
@@ -38,7 +38,7 @@ class BlockConfig(NamedTuple):
     block_v_infer: int  # the same for the forward pass without differentiation (no per-chunk states written)
     num_warps: int  # sequential passes
     local_warps: int  # the chunk-local coefficient kernel
-    solve_warps: int  # the chunk-local triangular solve (16 x 16 blocks)
+    solve_warps: int  # the chunk-local triangular solve (16 x 16 blocks; `block_config`)
     mosaic: MosaicConfig | None = None  # the sequential passes in Mosaic GPU instead of Triton (`mosaic_config`)
 
 
@@ -81,7 +81,9 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
     (H100, h100_2026-11-23_c91c7ff and _1d83036; H200 405c347: 1.24 ms vs 1.35 with 32). With fewer than
     `_FEW_PROGRAMS` programs each is halved (S400 at B=1, T=32768, 6 rows, H200 405c347: forward 2.23 ms with 32
     vs 4.41 with 64, forward+backward 5.87 with 16 vs 6.36 with 32; 1003bca: forward 2.25 with the rule's 16, 2.24
-    with 32).
+    with 32). The chunk-local triangular solve runs one warp per program: its [16, 16] blocks' row reductions
+    stay within the warp (H200 e30beb5, S400: forward 0.852 ms vs 0.941 with 4 warps and 0.897 with 2,
+    forward+backward 3.308 vs 3.385); the coefficient kernel keeps 4 (2: forward 1.304 ms).
     """
     del chunk_size
 
@@ -95,7 +97,7 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
     block_v_infer = _env("MDN_BLOCK_V_INFER", fill(64 if K <= 128 else 16))
     return BlockConfig(block_v=min(block_v, V), block_v_save=min(block_v_save, V),
                        block_v_infer=min(block_v_infer, V), num_warps=_env("MDN_NUM_WARPS", 4),
-                       local_warps=_env("MDN_LOCAL_WARPS", 4), solve_warps=_env("MDN_SOLVE_WARPS", 4))
+                       local_warps=_env("MDN_LOCAL_WARPS", 4), solve_warps=_env("MDN_SOLVE_WARPS", 1))
 
 
 _MOSAIC = MosaicConfig(block_v=64, stages=1, consumers=2)
@@ -205,13 +207,6 @@ def use_gate_vjp_kernel() -> bool:
     """Whether the VJP of the gate-coefficient map runs as the kernel of `mdn_jax.pallas.gate_vjp` (env
     MDN_GATE_VJP_KERNEL, default 1), instead of XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`."""
     return os.environ.get("MDN_GATE_VJP_KERNEL", "1") != "0"
-
-
-def fuse_gate_vjp() -> bool:
-    """Whether the gate-coefficient VJP runs inside the chunk-local VJP kernel (env MDN_GATE_VJP_FUSED, default 0;
-    with the kernels of both on): Gamma and Gamma_down are then recomputed there instead of saved by the forward,
-    and their cotangents never leave registers."""
-    return os.environ.get("MDN_GATE_VJP_FUSED", "0") != "0"
 
 
 def gate_vjp_warps() -> int:
