@@ -1,7 +1,6 @@
-"""Helpers of the Mosaic GPU kernels: the row-vector layout of wgmma tiles, the shared-memory transforms and wgmma
-accumulation onto float32 tiles held in registers (`mosaic_grads`). `mosaic_pass` keeps its own copies of the
-layout and of fresh-accumulator products, the kernel measured on the GPU at 8ba81b8: accumulating in place was
-slower there (experiments/results/h200_2026-12-03_53b9edd); moving it onto these is left for a GPU call."""
+"""Helpers of the Mosaic GPU kernels: the row-vector layout of wgmma tiles, the shared-memory transforms, products
+into fresh accumulators (`mosaic_pass`: accumulating in place was slower there, experiments/results/
+h200_2026-12-03_53b9edd) and wgmma accumulation onto float32 tiles held in registers (`mosaic_grads`)."""
 
 from __future__ import annotations
 
@@ -12,6 +11,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
+
+
+def products(*pairs):
+    """wgmma a @ b for each (a, b) into fresh float32 accumulators, issued together, then read."""
+    def run(*accs):
+        for acc, (a, b) in zip(accs, pairs, strict=True):
+            plgpu.wgmma(acc, a, b)
+        return tuple(acc[...] for acc in accs)
+    return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
 
 
 def smem_transforms(cols: int, itemsize: int, interpret: bool):

@@ -33,22 +33,12 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
-
-_ROW = plgpu.Layout.WGMMA.reduce(1)  # a [C] vector indexed by the rows of a [C, N] wgmma tile
-
-
-def _products(*pairs):
-    """wgmma a @ b for each (a, b) into fresh float32 accumulators, issued together, then read."""
-    def run(*accs):
-        for acc, (a, b) in zip(accs, pairs, strict=True):
-            plgpu.wgmma(acc, a, b)
-        return tuple(acc[...] for acc in accs)
-    return pl.run_scoped(run, *(plgpu.ACC((a.shape[0], b.shape[1]), jnp.float32) for a, b in pairs))
+from mdn_jax.pallas.mosaic_common import ROW, products
 
 
 def _row_scales(vec_s, C, block_v):
     """The chunk's [C] vectors (shared memory [len(VECS), C]) by name, broadcast over [C, block_v] wgmma tiles."""
-    return {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=_ROW, optimized=False), (C, block_v), [0])
+    return {name: lax.broadcast_in_dim(plgpu.load(vec_s.at[i], layout=ROW, optimized=False), (C, block_v), [0])
             for i, name in enumerate(VECS)}
 
 
@@ -70,22 +60,22 @@ def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
     if res_refs:  # the chunk-start states, as the backward reads them
         plgpu.copy_smem_to_gmem(s_smem, res_refs[0].at[bh, c, :, vs])
         plgpu.copy_smem_to_gmem(m_smem, res_refs[1].at[bh, c, :, vs])
-    ps, pm = _products((p_s, s_smem), (p_s, m_smem))
+    ps, pm = products((p_s, s_smem), (p_s, m_smem))
     rn_smem[...] = (v_s[...].astype(f32) - col["d"] * ps + col["e"] * pm).astype(op)  # R
     plgpu.commit_smem()
-    (n,) = _products((t_s, rn_smem))
+    (n,) = products((t_s, rn_smem))
     rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
     gn_smem[...] = (col["g_last"] * n).astype(op)
     hn_smem[...] = (col["rho"] * n).astype(op)
     plgpu.commit_smem()
     if res_refs:
         plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
-    qs, qm, an = _products((qb_s, s_smem), (qb_s, m_smem), (attn_s, rn_smem))
+    qs, qm, an = products((qb_s, s_smem), (qb_s, m_smem), (attn_s, rn_smem))
     o_smem[...] = (col["a"] * qs - col["b"] * qm + an).astype(op)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_ref.at[row, pl.ds(c * C, C), head, vs])
     kt_t = kt_s.transpose((1, 0))
-    ks, km = _products((kt_t, gn_smem), (kt_t, hn_smem))
+    ks, km = products((kt_t, gn_smem), (kt_t, hn_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
     return a_l * S - b_l * M + ks, m_l * M - km
 
@@ -108,19 +98,19 @@ def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(ls_smem, ls_ref.at[bh, c, :, vs])
     plgpu.copy_smem_to_gmem(lm_smem, lm_ref.at[bh, c, :, vs])
-    attn_do, k_ls, k_lm = _products((T(attn_s), do_s), (kt_s, ls_smem), (kt_s, lm_smem))
+    attn_do, k_ls, k_lm = products((T(attn_s), do_s), (kt_s, ls_smem), (kt_s, lm_smem))
     do = do_s[...].astype(f32)
     dn_smem[...] = (attn_do + col["g_last"] * k_ls - col["rho"] * k_lm).astype(op)
     ado_smem[...] = (col["a"] * do).astype(op)
     bdo_smem[...] = (col["b"] * do).astype(op)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(dn_smem, dn_ref.at[bh, c, :, vs])
-    (w,) = _products((T(t_s), dn_smem))  # W = T^T dN
+    (w,) = products((T(t_s), dn_smem))  # W = T^T dN
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: diag(d) W goes there
     dn_smem[...] = (col["d"] * w).astype(op)
     ew_smem[...] = (col["e"] * w).astype(op)
     plgpu.commit_smem()
-    q_a, q_b, p_d, p_e = _products((T(qb_s), ado_smem), (T(qb_s), bdo_smem), (T(p_s), dn_smem), (T(p_s), ew_smem))
+    q_a, q_b, p_d, p_e = products((T(qb_s), ado_smem), (T(qb_s), bdo_smem), (T(p_s), dn_smem), (T(p_s), ew_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
     return a_l * lS + q_a - p_d, -b_l * lS + m_l * lM - q_b + p_e
 

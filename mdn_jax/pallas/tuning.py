@@ -56,6 +56,14 @@ def prep_config() -> PrepConfig:
                       num_warps=_env("MDN_PREP_WARPS", 4))
 
 
+class KernelBlocks(NamedTuple):
+    """Blocks of a backward Triton kernel that loops over K and V."""
+
+    block_k: int  # K columns per block
+    block_v: int  # V columns per loop step
+    num_warps: int
+
+
 class KernelConfig(NamedTuple):
     """A backward stage that runs as a Pallas kernel or as XLA products."""
 
@@ -135,11 +143,11 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     return cfg if not interpret and has_wgmma() and K == 128 and rows * V // cfg.block_v >= _FEW_PROGRAMS else None
 
 
-def grads_config() -> KernelConfig:
+def grads_config() -> KernelBlocks:
     """Blocks of the Triton pass-cotangent kernel: per program [C, block_k] float32 accumulators (six) and a [C, C]
-    one (`use_kernel`: see `grads_kernel`)."""
-    return KernelConfig(use_kernel=grads_kernel_env() != "xla", block_k=_env("MDN_GRADS_BLOCK_K", 64),
-                        block_v=_env("MDN_GRADS_BLOCK_V", 64), num_warps=_env("MDN_GRADS_WARPS", 8))
+    one (which implementation runs: `grads_kernel`)."""
+    return KernelBlocks(block_k=_env("MDN_GRADS_BLOCK_K", 64), block_v=_env("MDN_GRADS_BLOCK_V", 64),
+                        num_warps=_env("MDN_GRADS_WARPS", 8))
 
 
 _GRADS_KERNELS = {"auto": "auto", "mosaic": "mosaic", "triton": "triton", "1": "triton", "xla": "xla", "0": "xla"}
