@@ -21,7 +21,14 @@ from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.chunk_pass import pass_backward, pass_forward
 from mdn_jax.pallas.local_vjp import local_stage_vjp
 from mdn_jax.pallas.mosaic_pass import supported as mosaic_supports
-from mdn_jax.pallas.tuning import BlockConfig, block_config, local_vjp_config, mosaic_config, use_gate_vjp_kernel
+from mdn_jax.pallas.tuning import (
+    BlockConfig,
+    block_config,
+    local_vjp_config,
+    mosaic_config,
+    use_gate_vjp_kernel,
+    use_local_vjp_kernel,
+)
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -66,8 +73,8 @@ def _core_bwd(chunk, op_dtype, interpret, cfg, res, cot):
                                           block_v=cfg.block_v, interpret=interpret, num_warps=cfg.num_warps,
                                           mosaic=cfg.mosaic)
     inputs = (qb, kt, p, v, log_alpha, log_mu, beta)
-    vjp_cfg = local_vjp_config()
-    if vjp_cfg.use_kernel:
+    if use_local_vjp_kernel():
+        vjp_cfg = local_vjp_config()
         grads = local_stage_vjp_kernel(inputs + (local, local_res), local_cot, chunk, op_dtype, interpret=interpret,
                                        block_k=vjp_cfg.block_k, block_v=vjp_cfg.block_v,
                                        num_warps=vjp_cfg.num_warps, gate_kernel=use_gate_vjp_kernel())

@@ -9,8 +9,7 @@ of `chunk_grads`), `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_
 `MDN_GRADS_KERNEL` picks the pass cotangents' implementation (`grads_kernel`: mosaic, triton or xla),
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
-side-by-side measurement);
-`MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
+side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
 `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's backward (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`).
 """
@@ -59,15 +58,6 @@ def prep_config() -> PrepConfig:
 class KernelBlocks(NamedTuple):
     """Blocks of a backward Triton kernel that loops over K and V."""
 
-    block_k: int  # K columns per block
-    block_v: int  # V columns per loop step
-    num_warps: int
-
-
-class KernelConfig(NamedTuple):
-    """A backward stage that runs as a Pallas kernel or as XLA products."""
-
-    use_kernel: bool  # the Pallas kernel (else the XLA products)
     block_k: int  # K columns per block
     block_v: int  # V columns per loop step
     num_warps: int
@@ -179,12 +169,18 @@ def grads_kernel(supported: bool, op_dtype, *, interpret: bool) -> str:
     return mode
 
 
-def local_vjp_config() -> KernelConfig:
+def use_local_vjp_kernel() -> bool:
+    """Whether the chunk-local VJP runs as the kernel of `chunk_local_bwd` (env MDN_LOCAL_VJP_KERNEL, default 1),
+    instead of XLA products (`local_vjp.local_stage_vjp`)."""
+    return _env("MDN_LOCAL_VJP_KERNEL", 1) != 0
+
+
+def local_vjp_config() -> KernelBlocks:
     """The chunk-local VJP kernel: per program [C, C] float32 tiles (T, dT, Qb Kt^T, P Kt^T) and [C, block_k]
     blocks. S400 on an H200 (8ef7c6b): fwd+bwd 5.19 ms with it (block_k 32, 4 warps) vs 5.67 with XLA products;
     8 warps 5.59, block_k 64 with 8 warps 5.31."""
-    return KernelConfig(use_kernel=_env("MDN_LOCAL_VJP_KERNEL", 1) != 0, block_k=_env("MDN_LOCAL_VJP_BLOCK_K", 32),
-                        block_v=_env("MDN_LOCAL_VJP_BLOCK_V", 64), num_warps=_env("MDN_LOCAL_VJP_WARPS", 4))
+    return KernelBlocks(block_k=_env("MDN_LOCAL_VJP_BLOCK_K", 32), block_v=_env("MDN_LOCAL_VJP_BLOCK_V", 64),
+                        num_warps=_env("MDN_LOCAL_VJP_WARPS", 4))
 
 
 _STAGES = {"pass": 2, "pass_save": 2, "pass_bwd": 2, "local": 1, "grads": 2, "local_vjp": 2}
