@@ -46,27 +46,35 @@ def _assert_close(ours, ref, tol, what):
         assert err < tol, f"{what}[{i}]: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("B,T,H,K,use_kernel", [
-    (2, 64, 3, 128, True),    # R = 384 rows: the kernel, 12 programs of 32 rows
-    (1, 50, 2, 64, True),     # R = 100: not a multiple of the row block, the jnp VJP
-    (1, 32, 2, 100, True),    # K = 100: not a power of two, the jnp VJP
-    (2, 64, 1, 64, False)])   # MDN_PREP_KERNEL=0
-def test_interpret_prep_matches_autodiff(monkeypatch, B, T, H, K, use_kernel):
-    monkeypatch.setenv("MDN_PREP_KERNEL", "1" if use_kernel else "0")
+@pytest.mark.parametrize("B,T,H,K,fwd_kernel,bwd_kernel", [
+    (2, 64, 3, 128, True, True),    # R = 384 rows: the kernels, 12 programs of 32 rows
+    (1, 50, 2, 64, True, True),     # R = 100: not a multiple of the row block, the jnp maps
+    (1, 32, 2, 100, True, True),    # K = 100: not a power of two, the jnp maps
+    (2, 64, 1, 64, False, True),    # MDN_PREP_FWD_KERNEL=0: XLA's forward, the backward kernel
+    (2, 64, 1, 64, True, False)])   # MDN_PREP_KERNEL=0: the forward kernel, the jnp VJP
+def test_interpret_prep_matches_autodiff(monkeypatch, B, T, H, K, fwd_kernel, bwd_kernel):
+    monkeypatch.setenv("MDN_PREP_FWD_KERNEL", "1" if fwd_kernel else "0")
+    monkeypatch.setenv("MDN_PREP_KERNEL", "1" if bwd_kernel else "0")
     args, cot = _inputs(0, B, T, H, K, jnp.float32)
     ours_out, ours_g, ref_out, ref_g = _vjps(args, cot, K ** -0.5, interpret=True)
     _assert_close(ours_out, ref_out, 1e-6, "outputs")
     _assert_close(ours_g, ref_g, 1e-5, "cotangents")
 
 
-def test_prep_kernel_is_called_where_it_fits(monkeypatch):
-    """The Pallas kernel (not the jnp fallback) runs for R a multiple of the row block and K a power of two."""
+def test_prep_kernels_are_called_where_they_fit(monkeypatch):
+    """Both Pallas kernels (not the jnp fallbacks) run for R a multiple of the row block and K a power of two, and
+    neither for R not a multiple."""
     calls = []
     inner = prep.common.call
-    monkeypatch.setattr(prep.common, "call", lambda *a, **k: calls.append(1) or inner(*a, **k))
+    monkeypatch.setattr(prep.common, "call",
+                        lambda kernel, *a, **k: calls.append(kernel.func) or inner(kernel, *a, **k))
     args, cot = _inputs(1, 1, 64, 2, 64, jnp.float32)
     _vjps(args, cot, 0.125, interpret=True)
-    assert calls
+    assert calls == [prep._fwd_kernel, prep._bwd_kernel]
+    calls.clear()
+    args, cot = _inputs(1, 1, 50, 2, 64, jnp.float32)
+    _vjps(args, cot, 0.125, interpret=True)
+    assert calls == []
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")

@@ -95,7 +95,11 @@ def test_mosaic_accumulation_in_place_on_the_gpu_only(monkeypatch):
 
 
 def test_prep_config_env(monkeypatch):
-    assert tuning.prep_config() == tuning.PrepConfig(use_kernel=True, block_rows=32, num_warps=4)
+    assert tuning.prep_config() == tuning.PrepConfig(use_fwd_kernel=True, use_kernel=True, block_rows=32,
+                                                     num_warps=4)
     monkeypatch.setenv("MDN_PREP_KERNEL", "0")
     monkeypatch.setenv("MDN_PREP_BLOCK_ROWS", "64")
-    assert tuning.prep_config() == tuning.PrepConfig(use_kernel=False, block_rows=64, num_warps=4)
+    assert tuning.prep_config() == tuning.PrepConfig(use_fwd_kernel=True, use_kernel=False, block_rows=64,
+                                                     num_warps=4)
+    monkeypatch.setenv("MDN_PREP_FWD_KERNEL", "0")
+    assert tuning.prep_config().use_fwd_kernel is False

@@ -10,7 +10,8 @@ of `chunk_grads`), `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
 side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
-`MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's backward (`prep_config`);
+`MDN_PREP_FWD_KERNEL`, `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's kernels
+(`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`).
 """
 
@@ -42,17 +43,19 @@ class BlockConfig(NamedTuple):
 
 
 class PrepConfig(NamedTuple):
-    """The backward kernel of the op's q, k preprocessing (`mdn_jax.pallas.prep`)."""
+    """The kernels of the op's q, k preprocessing (`mdn_jax.pallas.prep`)."""
 
-    use_kernel: bool  # the Pallas kernel (else the same VJP in jnp)
+    use_fwd_kernel: bool  # the forward as a Pallas kernel (else XLA's fusions of the same map)
+    use_kernel: bool  # the backward as a Pallas kernel (else the same VJP in jnp)
     block_rows: int  # rows of [K] per program
     num_warps: int
 
 
 def prep_config() -> PrepConfig:
-    """Env MDN_PREP_KERNEL (1; 0: the jnp VJP), MDN_PREP_BLOCK_ROWS (32), MDN_PREP_WARPS (4)."""
-    return PrepConfig(use_kernel=_env("MDN_PREP_KERNEL", 1) != 0, block_rows=_env("MDN_PREP_BLOCK_ROWS", 32),
-                      num_warps=_env("MDN_PREP_WARPS", 4))
+    """Env MDN_PREP_FWD_KERNEL (1; 0: XLA's forward), MDN_PREP_KERNEL (1; 0: the jnp VJP), MDN_PREP_BLOCK_ROWS
+    (32, both kernels), MDN_PREP_WARPS (4, both kernels)."""
+    return PrepConfig(use_fwd_kernel=_env("MDN_PREP_FWD_KERNEL", 1) != 0, use_kernel=_env("MDN_PREP_KERNEL", 1) != 0,
+                      block_rows=_env("MDN_PREP_BLOCK_ROWS", 32), num_warps=_env("MDN_PREP_WARPS", 4))
 
 
 class KernelBlocks(NamedTuple):
