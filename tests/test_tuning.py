@@ -104,9 +104,3 @@ def test_prep_config_env(monkeypatch):
     monkeypatch.setenv("MDN_PREP_FWD_KERNEL", "0")
     assert tuning.prep_config().use_fwd_kernel is False
 
-
-def test_local_vjp_config_by_key_size(monkeypatch):
-    assert tuning.local_vjp_config(128) == tuning.KernelBlocks(block_k=32, block_v=64, num_warps=4)
-    assert tuning.local_vjp_config(256) == tuning.KernelBlocks(block_k=64, block_v=64, num_warps=4)
-    monkeypatch.setenv("MDN_LOCAL_VJP_BLOCK_K", "16")
-    assert tuning.local_vjp_config(256).block_k == 16

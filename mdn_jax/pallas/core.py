@@ -74,7 +74,7 @@ def _core_bwd(chunk, op_dtype, interpret, cfg, res, cot):
                                           mosaic=cfg.mosaic)
     inputs = (qb, kt, p, v, log_alpha, log_mu, beta)
     if use_local_vjp_kernel():
-        vjp_cfg = local_vjp_config(kt.shape[-1])
+        vjp_cfg = local_vjp_config()
         grads = local_stage_vjp_kernel(inputs + (local, local_res), local_cot, chunk, op_dtype, interpret=interpret,
                                        block_k=vjp_cfg.block_k, block_v=vjp_cfg.block_v,
                                        num_warps=vjp_cfg.num_warps, gate_kernel=use_gate_vjp_kernel())

@@ -178,13 +178,12 @@ def use_local_vjp_kernel() -> bool:
     return _env("MDN_LOCAL_VJP_KERNEL", 1) != 0
 
 
-def local_vjp_config(K: int) -> KernelBlocks:
-    """The chunk-local VJP kernel at key size K: per program [C, C] float32 tiles (T, dT, Qb Kt^T, P Kt^T) and
-    [C, block_k] blocks. S400 on an H200 (8ef7c6b): fwd+bwd 5.19 ms with it (block_k 32, 4 warps) vs 5.67 with XLA
-    products; 8 warps 5.59, block_k 64 with 8 warps 5.31. block_k 64 from K = 256 (H200, 77b21d5, fwd+bwd: 1.3B
-    6.67 ms vs 6.84 with 32; S400 3.34 vs 3.28)."""
-    return KernelBlocks(block_k=_env("MDN_LOCAL_VJP_BLOCK_K", 64 if K >= 256 else 32),
-                        block_v=_env("MDN_LOCAL_VJP_BLOCK_V", 64),
+def local_vjp_config() -> KernelBlocks:
+    """The chunk-local VJP kernel: per program [C, C] float32 tiles (T, dT, Qb Kt^T, P Kt^T) and [C, block_k]
+    blocks. S400 on an H200 (8ef7c6b): fwd+bwd 5.19 ms with it (block_k 32, 4 warps) vs 5.67 with XLA products;
+    8 warps 5.59, block_k 64 with 8 warps 5.31. 1.3B (H200, 98f08c9, interleaved): block_k 32 6.74 ms, 64 6.75,
+    128 7.25."""
+    return KernelBlocks(block_k=_env("MDN_LOCAL_VJP_BLOCK_K", 32), block_v=_env("MDN_LOCAL_VJP_BLOCK_V", 64),
                         num_warps=_env("MDN_LOCAL_VJP_WARPS", 4))
 
 
