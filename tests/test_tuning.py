@@ -103,4 +103,3 @@ def test_prep_config_env(monkeypatch):
                                                      num_warps=4)
     monkeypatch.setenv("MDN_PREP_FWD_KERNEL", "0")
     assert tuning.prep_config().use_fwd_kernel is False
-
