@@ -4,8 +4,10 @@
 
 Both directions are one Pallas kernel over blocks of rows. The forward reads q, k once and writes qb, kt, p (XLA
 made it three fusions, one per output, reading k twice: 0.078 ms of the S400 op's forward on an H200, 17bed9b's
-profile). The backward reads q, k and the three cotangents once per row and writes dq, dk and the gate cotangents:
-with r = 1 / sqrt(|x|^2 + eps) and y = x r, the VJP of x -> y is g -> r (g - y <y, g>), so
+profile); with the kernel the S400 forward takes 0.843 ms against 0.857 (interleaved, H200,
+experiments/results/h200_2026-12-03_c93f180). The backward reads q, k and the three cotangents once per row and
+writes dq, dk and the gate cotangents: with r = 1 / sqrt(|x|^2 + eps) and y = x r, the VJP of x -> y is
+g -> r (g - y <y, g>), so
 
     dq = r_q (s dqb - q^ <q^, s dqb>),   d eta = <k^, dkt>,   d log_alpha = alpha <k^, dp>,
     dk = r_k (g - k^ (eta d eta + alpha <k^, dp>)),   g = eta dkt + alpha dp.
