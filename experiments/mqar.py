@@ -327,6 +327,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="+", help="seq_len:kv_pairs, e.g. 128:8")
     ap.add_argument("--lrs", nargs="+", type=float)
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--layers", type=int, help="layers of every model (default: the preset's)")
     ap.add_argument("--vocab", type=int, help="vocabulary size (keys from the lower half, values from the upper)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--model-seeds", nargs="+", metavar="MODEL=S[,S]",
@@ -337,7 +338,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     p = dict(PRESETS[args.preset])
-    for k in ("models", "widths", "lrs", "steps", "vocab"):
+    for k in ("models", "widths", "lrs", "steps", "layers", "vocab"):
         if getattr(args, k) is not None:
             p[k] = getattr(args, k)
     if args.tasks:
@@ -349,8 +350,8 @@ def main(argv=None) -> int:
             ap.error(f"task {T}:{kv} with vocab {p['vocab']}: {e}")
     seeds = parse_model_seeds(args.model_seeds, p["models"], args.seeds)
     preset = PRESETS[args.preset]
-    cut = {k: {"preset": preset[k], "run": p[k]} for k in ("models", "widths", "tasks", "lrs", "steps", "vocab")
-           if p[k] != preset[k]}
+    cut = {k: {"preset": preset[k], "run": p[k]}
+           for k in ("models", "widths", "tasks", "lrs", "steps", "layers", "vocab") if p[k] != preset[k]}
     if any(s != [0] for s in seeds.values()):
         cut["seeds"] = {"preset": [0], "run": seeds}
     info = run_info()

@@ -66,8 +66,9 @@ def _mqar(*args, timeout=400):
 
 def test_cpu_smoke_end_to_end(tmp_path):
     """The smoke preset with two seeds for MDN and one for GDN and the Transformer (3 compilations, 4 runs), then
-    the plot of its JSON."""
-    p = _mqar("--out", str(tmp_path), "--seeds", "0", "1", "--model-seeds", "gdn=0", "transformer=0")
+    the plot of its JSON. One layer per model instead of the preset's 2 (nothing asserted here depends on the depth;
+    it halves the MDN and GDN compilations), which the results must record as a cut."""
+    p = _mqar("--out", str(tmp_path), "--seeds", "0", "1", "--model-seeds", "gdn=0", "transformer=0", "--layers", "1")
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((tmp_path / "mqar_cpu-smoke.json").read_text())
     assert res["status"] == "complete" and res["not_run"] == []
@@ -79,8 +80,10 @@ def test_cpu_smoke_end_to_end(tmp_path):
     assert best["mdn"]["seeds"] == [0, 1] and len(best["mdn"]["accuracies"]) == 2
     assert best["transformer"]["n_seeds"] == 1 and best["transformer"]["accuracy_std"] == 0.0
     assert res["cut"]["seeds"]["run"] == {"mdn": [0, 1], "gdn": [0], "transformer": [0]}
+    assert res["cut"]["layers"] == {"preset": 2, "run": 1} and res["config"]["layers"] == 1
     md = (tmp_path / "mqar_cpu-smoke.md").read_text()
     assert md.startswith("# MQAR") and "## All runs" in md and "MDN - GDN" in md and "Status: complete" in md
+    assert "1 layers" in md and "layers 2 -> 1" in md
     pytest.importorskip("matplotlib")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "plots.py"), "--results", str(tmp_path),
                         "--runs", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
@@ -143,12 +146,12 @@ def test_runner_matches_plain_training_step():
     from mdn_jax.train.state import init_state, make_setup
     from mdn_jax.train.step import make_train_step
 
-    p = dict(PRESETS["cpu-smoke"], steps=3)
+    p = dict(PRESETS["cpu-smoke"], steps=3, layers=1)  # one layer: the equivalence does not depend on the depth
     lr, seed, task = 3e-3, 1, MQARConfig(vocab_size=64, num_kv_pairs=4, seq_len=32)
     runner = Runner("transformer", 16, 64, 8, p)
     state, losses = runner.train(task, lr, seed)
 
-    mcfg = ModelConfig.from_dict(model_dict("transformer", 16, 2, 64, 32, 16, 16))
+    mcfg = ModelConfig.from_dict(model_dict("transformer", 16, 1, 64, 32, 16, 16))
     tcfg = TrainConfig(model="transformer", steps=3, lr=lr, warmup_steps=1, batch_size=8, seq_len=32, seed=seed,
                        weight_decay=0.1)
     setup = make_setup(tcfg, shd.make_mesh(-1, 1, 1), lambda: CausalLM(mcfg, rngs=nnx.Rngs(seed)), mcfg)

@@ -1,18 +1,18 @@
 """`mdn-jax generate` end to end: train a tiny MDN (model=tiny_mdn) for a few steps with the CLI, generate from
 its run directory, params export and checkpoint step; bad input exits 2 with one error line."""
 
-import pytest
-from train_cli import one_line_error, run_cli
+import pathlib
 
-TRAIN = ["model=tiny_mdn", "steps=3", "seq_len=32", "batch_size=4", "log_every=1", "eval_every=0", "sample_tokens=0",
-         "progress=false", "tensorboard=false", "warmup_steps=1"]
+import pytest
+from tiny_run import tiny_run
+from train_cli import one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gen") / "run"
-    run_cli(["train", "--out", str(out), *TRAIN])
-    return out
+    """The session's shared tiny run (tests/tiny_run.py: model=tiny_mdn, 3 steps, warmup_steps=1, saved at step 3),
+    trained once for the eval, stability and generate tests."""
+    return pathlib.Path(tiny_run(tmp_path_factory))
 
 
 def test_generate_streams_text(run_dir):
