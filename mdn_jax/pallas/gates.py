@@ -8,6 +8,9 @@ shifted down one step:
     a = exp(cumsum la),   m = exp(cumsum lm),   d = [1, a_0 .. a_{C-2}],   e = [0, b_0 .. b_{C-2}],
     rho = last row of D_mu,   decay = (a_L, b_L, m_L).
 
+D_alpha is not a third masked cumulative sum: D_alpha = I + diag(alpha) D_alpha_down (row tau of D_alpha below
+the diagonal is alpha_tau times row tau of D_alpha_down; products of numbers in [0, 1], no cancellation).
+
 `coefficients_vjp` maps the cotangents of these to those of (log_alpha, log_mu, beta) by hand (the same function
 as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): four [C, C] products and [C, C] masked sums.
 """
@@ -15,6 +18,7 @@ as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): four [C, C] produ
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -69,8 +73,12 @@ def segment_decay(x, offset):
     offset 0: y = x, the lower-triangular D of recipe F (1 on the diagonal). offset 1: y = x shifted down
     one step, which gives row tau - 1 of D in row tau (strictly lower).
     """
-    rows, cols = _grid(x.shape[0])
-    y = shift_down(x) if offset else x
+    return _decay(shift_down(x) if offset else x, offset)
+
+
+def _decay(y, offset):
+    """`segment_decay` from y (x already shifted down when offset is 1)."""
+    rows, cols = _grid(y.shape[0])
     seg = jnp.cumsum(jnp.where(rows > cols + offset, y[:, None], 0.0), axis=0)
     return jnp.where(rows >= cols + offset, jnp.exp(seg), 0.0)
 
@@ -105,15 +113,21 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
     recursion Gamma_tau = alpha_tau Gamma_{tau-1} + beta_tau D_mu_tau (sums of non-negative terms).
     with_gamma=False: Gamma and Gamma_down are None (the VJP needs only the D factors)."""
     la, lm = jnp.maximum(la, LOG_GATE_FLOOR), jnp.maximum(lm, LOG_GATE_FLOOR)
-    d_alpha, d_alpha_down, d_mu = segment_decay(la, 0), segment_decay(la, 1), segment_decay(lm, 0)
+    la_down, alpha = shift_down(la), jnp.exp(la)
+    d_alpha_down, d_mu = _decay(la_down, 1), segment_decay(lm, 0)
+    rows, cols = _grid(la.shape[0])
+    d_alpha = jnp.where(rows == cols, 1.0, alpha[:, None] * d_alpha_down)
+    if os.environ.get("MDN_GATES_OLD") == "1":  # TEMPORARY A/B switch
+        d_alpha = segment_decay(la, 0)
+        la_down = shift_down(la)
     gamma_down = gamma = None
     if with_gamma:
         gamma_down = jnp.dot(d_alpha_down, beta[:, None] * d_mu, precision=precision,
                              preferred_element_type=d_mu.dtype)
-        gamma = jnp.exp(la)[:, None] * gamma_down + beta[:, None] * d_mu
+        gamma = alpha[:, None] * gamma_down + beta[:, None] * d_mu
     a, m = jnp.exp(jnp.cumsum(la)), jnp.exp(jnp.cumsum(lm))
     b = jnp.sum(d_alpha * (beta * m)[None, :], axis=1)
-    d = jnp.exp(jnp.cumsum(shift_down(la)))
+    d = jnp.exp(jnp.cumsum(la_down))
     return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d)
 
 
@@ -123,7 +137,7 @@ def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g
     a, b [C] and decay = (a_L, b_L, m_L) (g_decay: three scalars). la_raw, lm_raw: the gates before the floor
     (no cotangent flows where they are below it)."""
     C = cf.beta.shape[0]
-    rows, _ = _grid(C)
+    rows, cols = _grid(C)
     is_last = common.iota((C,), 0) == C - 1
     dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=g_gamma.dtype)
     dot_t = functools.partial(common.dot_t, precision=precision, acc=g_gamma.dtype)  # x y^T
@@ -138,9 +152,16 @@ def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g
     g_beta = jnp.sum(y * cf.d_mu, axis=1) + cf.m * g_bm
     g_d_mu = cf.beta[:, None] * y + jnp.where(rows == C - 1, g_rho[None, :], 0.0)
     g_lm = suffix_sum(gm * cf.m) + segment_decay_vjp(g_d_mu * cf.d_mu, 0)
+    # D_alpha = I + diag(alpha) D_alpha_down: its cotangent reaches la directly (row sums of g o D_alpha below the
+    # diagonal) and through D_alpha_down (one segment_decay_vjp for both).
     g_d_alpha = dot_t(g_gamma, cf.d_mu) * cf.beta[None, :] + gb[:, None] * (cf.beta * cf.m)[None, :]
-    g_la = segment_decay_vjp(g_d_alpha * cf.d_alpha, 0)
     g_d_alpha_down = dot_t(g_gamma_down, cf.d_mu) * cf.beta[None, :]
-    g_la += segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1)
+    if os.environ.get("MDN_GATES_OLD") == "1":  # TEMPORARY A/B switch
+        g_la = segment_decay_vjp(g_d_alpha * cf.d_alpha, 0)
+        g_la += segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1)
+    else:
+        g_alpha_part = jnp.where(rows > cols, g_d_alpha * cf.d_alpha, 0.0)
+        g_la = jnp.sum(g_alpha_part, axis=1)
+        g_la += segment_decay_vjp(g_alpha_part + g_d_alpha_down * cf.d_alpha_down, 1)
     g_la += suffix_sum(ga * cf.a) + suffix_sum(g_d * cf.d, strict=True)
     return (jnp.where(la_raw > LOG_GATE_FLOOR, g_la, 0.0), jnp.where(lm_raw > LOG_GATE_FLOOR, g_lm, 0.0), g_beta)
