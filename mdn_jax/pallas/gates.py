@@ -18,7 +18,6 @@ as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): four [C, C] produ
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -117,9 +116,6 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
     d_alpha_down, d_mu = _decay(la_down, 1), segment_decay(lm, 0)
     rows, cols = _grid(la.shape[0])
     d_alpha = jnp.where(rows == cols, 1.0, alpha[:, None] * d_alpha_down)
-    if os.environ.get("MDN_GATES_OLD") == "1":  # TEMPORARY A/B switch
-        d_alpha = segment_decay(la, 0)
-        la_down = shift_down(la)
     gamma_down = gamma = None
     if with_gamma:
         gamma_down = jnp.dot(d_alpha_down, beta[:, None] * d_mu, precision=precision,
@@ -156,12 +152,8 @@ def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g
     # diagonal) and through D_alpha_down (one segment_decay_vjp for both).
     g_d_alpha = dot_t(g_gamma, cf.d_mu) * cf.beta[None, :] + gb[:, None] * (cf.beta * cf.m)[None, :]
     g_d_alpha_down = dot_t(g_gamma_down, cf.d_mu) * cf.beta[None, :]
-    if os.environ.get("MDN_GATES_OLD") == "1":  # TEMPORARY A/B switch
-        g_la = segment_decay_vjp(g_d_alpha * cf.d_alpha, 0)
-        g_la += segment_decay_vjp(g_d_alpha_down * cf.d_alpha_down, 1)
-    else:
-        g_alpha_part = jnp.where(rows > cols, g_d_alpha * cf.d_alpha, 0.0)
-        g_la = jnp.sum(g_alpha_part, axis=1)
-        g_la += segment_decay_vjp(g_alpha_part + g_d_alpha_down * cf.d_alpha_down, 1)
+    g_alpha_part = jnp.where(rows > cols, g_d_alpha * cf.d_alpha, 0.0)
+    g_la = jnp.sum(g_alpha_part, axis=1)
+    g_la += segment_decay_vjp(g_alpha_part + g_d_alpha_down * cf.d_alpha_down, 1)
     g_la += suffix_sum(ga * cf.a) + suffix_sum(g_d * cf.d, strict=True)
     return (jnp.where(la_raw > LOG_GATE_FLOOR, g_la, 0.0), jnp.where(lm_raw > LOG_GATE_FLOOR, g_lm, 0.0), g_beta)
