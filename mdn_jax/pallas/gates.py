@@ -66,24 +66,20 @@ def last(x):
     return jnp.sum(jnp.where(idx == x.shape[0] - 1, x, 0.0))
 
 
-def segment_decay(x, offset):
+def segment_decay(y, offset):
     """exp(sum_{r = l + 1 + offset .. tau} y_r) below the diagonal (+offset), 0 elsewhere: [C] -> [C, C].
 
-    offset 0: y = x, the lower-triangular D of recipe F (1 on the diagonal). offset 1: y = x shifted down
-    one step, which gives row tau - 1 of D in row tau (strictly lower).
+    offset 0: y = x, the lower-triangular D of recipe F (1 on the diagonal). offset 1: y = shift_down(x), which
+    gives row tau - 1 of D in row tau (strictly lower).
     """
-    return _decay(shift_down(x) if offset else x, offset)
-
-
-def _decay(y, offset):
-    """`segment_decay` from y (x already shifted down when offset is 1)."""
     rows, cols = _grid(y.shape[0])
     seg = jnp.cumsum(jnp.where(rows > cols + offset, y[:, None], 0.0), axis=0)
     return jnp.where(rows >= cols + offset, jnp.exp(seg), 0.0)
 
 
 def segment_decay_vjp(g, offset):
-    """Cotangent of x from g = dL/dD o D for D = segment_decay(x, offset): sum_{tau >= r + offset} sum_{l < r}
+    """Cotangent of x from g = dL/dD o D for D = segment_decay(x, 0) (offset 0) or
+    segment_decay(shift_down(x), 1) (offset 1): sum_{tau >= r + offset} sum_{l < r}
     g[tau, l], a vector [C]."""
     rows, cols = _grid(g.shape[0])
     before = jnp.cumsum(g, axis=1) - g  # [tau, r]: sum_{l < r} g[tau, l]
@@ -113,7 +109,7 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
     with_gamma=False: Gamma and Gamma_down are None (the VJP needs only the D factors)."""
     la, lm = jnp.maximum(la, LOG_GATE_FLOOR), jnp.maximum(lm, LOG_GATE_FLOOR)
     la_down, alpha = shift_down(la), jnp.exp(la)
-    d_alpha_down, d_mu = _decay(la_down, 1), segment_decay(lm, 0)
+    d_alpha_down, d_mu = segment_decay(la_down, 1), segment_decay(lm, 0)
     rows, cols = _grid(la.shape[0])
     d_alpha = jnp.where(rows == cols, 1.0, alpha[:, None] * d_alpha_down)
     gamma_down = gamma = None
