@@ -64,7 +64,7 @@ def _coeff_kernel(qb_ref, kt_ref, p_ref, la_ref, lm_ref, beta_ref, w_ref, attn_r
     dot = functools.partial(common.dot, precision=precision, acc=acc)
     w_ref[bh, c] = dot(p, kt.T) * cf.gamma_down
     attn_ref[bh, c] = (dot(qb, kt.T) * cf.gamma).astype(attn_ref.dtype)
-    vecs = dict(a=cf.a, b=cf.b, d=cf.d, e=gates.shift_down(cf.b), g_last=common.pick_row(cf.gamma, chunk - 1),
+    vecs = dict(a=cf.a, b=cf.b, d=cf.d, e=cf.e, g_last=common.pick_row(cf.gamma, chunk - 1),
                 rho=common.pick_row(cf.d_mu, chunk - 1))
     for i, name in enumerate(VECS):
         vec_ref[bh, c, i] = vecs[name]

@@ -18,6 +18,7 @@ as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): four [C, C] produ
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -101,6 +102,7 @@ class Coeffs(NamedTuple):
     m: jnp.ndarray
     b: jnp.ndarray
     d: jnp.ndarray  # [1, a_0 .. a_{C-2}]
+    e: jnp.ndarray  # [0, b_0 .. b_{C-2}]
 
 
 def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
@@ -118,9 +120,16 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
                              preferred_element_type=d_mu.dtype)
         gamma = alpha[:, None] * gamma_down + beta[:, None] * d_mu
     a, m = jnp.exp(jnp.cumsum(la)), jnp.exp(jnp.cumsum(lm))
-    b = jnp.sum(d_alpha * (beta * m)[None, :], axis=1)
+    bm = beta * m
+    if os.environ.get("MDN_GATES_E_OLD") == "1":
+        b = jnp.sum(d_alpha * bm[None, :], axis=1)
+        e = shift_down(b)
+    else:
+        # e_tau = b_{tau-1}: row tau of D_alpha_down is row tau - 1 of D_alpha
+        e = jnp.sum(d_alpha_down * bm[None, :], axis=1)
+        b = bm + alpha * e
     d = jnp.exp(jnp.cumsum(la_down))
-    return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d)
+    return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d, e)
 
 
 def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g_d, g_e, ga, gb, g_decay,
