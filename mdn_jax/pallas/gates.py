@@ -18,7 +18,6 @@ as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): four [C, C] produ
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -121,13 +120,8 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
         gamma = alpha[:, None] * gamma_down + beta[:, None] * d_mu
     a, m = jnp.exp(jnp.cumsum(la)), jnp.exp(jnp.cumsum(lm))
     bm = beta * m
-    if os.environ.get("MDN_GATES_E_OLD") == "1":
-        b = jnp.sum(d_alpha * bm[None, :], axis=1)
-        e = shift_down(b)
-    else:
-        # e_tau = b_{tau-1}: row tau of D_alpha_down is row tau - 1 of D_alpha
-        e = jnp.sum(d_alpha_down * bm[None, :], axis=1)
-        b = bm + alpha * e
+    e = jnp.sum(d_alpha_down * bm[None, :], axis=1)  # e_tau = b_{tau-1}: row tau of D_alpha_down, row tau-1 of D_alpha
+    b = bm + alpha * e
     d = jnp.exp(jnp.cumsum(la_down))
     return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d, e)
 
