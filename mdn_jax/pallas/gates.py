@@ -9,7 +9,11 @@ shifted down one step:
     rho = last row of D_mu,   decay = (a_L, b_L, m_L).
 
 D_alpha is not a third masked cumulative sum: D_alpha = I + diag(alpha) D_alpha_down (row tau of D_alpha below
-the diagonal is alpha_tau times row tau of D_alpha_down; products of numbers in [0, 1], no cancellation).
+the diagonal is alpha_tau times row tau of D_alpha_down; products of numbers in [0, 1], no cancellation). The
+forward does not form it either: e = D_alpha_down (beta o m) (row tau of D_alpha_down is row tau - 1 of D_alpha)
+and b = beta o m + alpha o e; only the VJP reads `Coeffs.d_alpha` (Triton drops it from the forward kernel). With
+one [C, C] tile and one shift fewer the coefficient kernel stopped spilling (ptxas: 84 bytes before; S400
+forward -0.05 ms on an H200, experiments/results/h200_2026-12-04_e65a8f3).
 
 `coefficients_vjp` maps the cotangents of these to those of (log_alpha, log_mu, beta) by hand (the same function
 as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): four [C, C] products and [C, C] masked sums.
@@ -120,7 +124,7 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
         gamma = alpha[:, None] * gamma_down + beta[:, None] * d_mu
     a, m = jnp.exp(jnp.cumsum(la)), jnp.exp(jnp.cumsum(lm))
     bm = beta * m
-    e = jnp.sum(d_alpha_down * bm[None, :], axis=1)  # e_tau = b_{tau-1}: row tau of D_alpha_down, row tau-1 of D_alpha
+    e = jnp.sum(d_alpha_down * bm[None, :], axis=1)
     b = bm + alpha * e
     d = jnp.exp(jnp.cumsum(la_down))
     return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d, e)
