@@ -7,8 +7,10 @@ emits, then compiles it with the `triton` package (pip install triton==3.6.0, th
 wheels carry ptxas) for sm_90a and runs `ptxas -v`. Prints and writes (DIR/kernel_regs.json) per kernel: warps,
 stages, registers per thread, spill bytes, shared memory, `convert_layout` ops in the TTGIR. A register spill
 shows a kernel's pressure before any GPU time is spent (7d9159d: the coefficient kernel spilled 84 bytes at
-97a6ee8, none after; its forward fell 0.05 ms). XLA compiles these modules with its own Triton, so the counts
-are those of the same IR under triton 3.6, not necessarily of the binary that runs. Kernels written in Mosaic
+97a6ee8, none after; its forward fell 0.05 ms), but no spill is not by itself faster: settings that removed the
+passes' and the chunk-local VJP's spills all lost on the H200 (results/h200_2026-12-04_e65a8f3, calls 5-6).
+XLA compiles these modules with its own Triton, so the counts are those of the same IR under triton 3.6, not
+necessarily of the binary that runs. Kernels written in Mosaic
 GPU (`mosaic_pass.py`, `mosaic_grads.py`) are not Triton modules and are not listed: on a machine without a GPU
 the op takes its Triton paths, which are the ones compiled here.
 """
