@@ -10,9 +10,9 @@ shows a kernel's pressure before any GPU time is spent (7d9159d: the coefficient
 97a6ee8, none after; its forward fell 0.05 ms), but no spill is not by itself faster: settings that removed the
 passes' and the chunk-local VJP's spills all lost on the H200 (results/h200_2026-12-04_e65a8f3, calls 5-6).
 XLA compiles these modules with its own Triton, so the counts are those of the same IR under triton 3.6, not
-necessarily of the binary that runs. Kernels written in Mosaic
-GPU (`mosaic_pass.py`, `mosaic_grads.py`) are not Triton modules and are not listed: on a machine without a GPU
-the op takes its Triton paths, which are the ones compiled here.
+necessarily of the binary that runs. Kernels written in Mosaic GPU (`mosaic_pass.py`, `mosaic_grads.py`) are not
+Triton modules and are not listed: on a machine without a GPU the op takes its Triton paths, which are the ones
+compiled here.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.bench_ops import anchor_inputs  # noqa: E402
 from experiments.shapes import SHAPES  # noqa: E402
 from mdn_jax.ops import momentum_delta_rule  # noqa: E402
 
@@ -50,24 +51,18 @@ def capture(case: str, backward: bool, cc: str) -> list[dict]:
         modules.append(out.module.operation.get_asm(enable_debug_info=False))
         return out
 
-    s = SHAPES[case]
-    B, T, H, K, V = (s[k] for k in "BTHKV")
-    bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)  # noqa: E731
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
-    args = (bf16(B, T, H, K), bf16(B, T, H, K), bf16(B, T, H, V)) + (f32(B, T, H),) * 4
+    args = jax.eval_shape(lambda: anchor_inputs(**SHAPES[case]))[0]  # the benchmarks' inputs, as shapes only
 
     def fwd(*a):
         return momentum_delta_rule(*a, implementation="pallas")[0]
 
     fn = jax.grad(lambda *a: jnp.sum(fwd(*a).astype(jnp.float32)), argnums=tuple(range(7))) if backward else fwd
-    saved = reg.gpu_info_lib.get_gpu_info, reg.lowering.lower_jaxpr_to_triton_module
-    reg.gpu_info_lib.get_gpu_info = lambda: types.SimpleNamespace(compute_capability=cc)
-    reg.lowering.lower_jaxpr_to_triton_module = keep
-    try:  # the op picks interpret mode by the default backend: tell it "gpu"
-        with mock.patch("jax.default_backend", return_value="gpu"):
-            text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    finally:
-        reg.gpu_info_lib.get_gpu_info, reg.lowering.lower_jaxpr_to_triton_module = saved
+    gpu = types.SimpleNamespace(compute_capability=cc)
+    # the op picks interpret mode by the default backend: tell it "gpu"
+    with (mock.patch.object(reg.gpu_info_lib, "get_gpu_info", lambda: gpu),
+          mock.patch.object(reg.lowering, "lower_jaxpr_to_triton_module", keep),
+          mock.patch("jax.default_backend", return_value="gpu")):
+        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     attrs = _ATTRS.findall(text)
     if len(attrs) != len(modules):
         raise RuntimeError(f"{len(modules)} Triton modules but {len(attrs)} Triton calls in the lowered text")
