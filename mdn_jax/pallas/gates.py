@@ -11,12 +11,13 @@ shifted down one step:
 D_alpha is not a third masked cumulative sum: D_alpha = I + diag(alpha) D_alpha_down (row tau of D_alpha below
 the diagonal is alpha_tau times row tau of D_alpha_down; products of numbers in [0, 1], no cancellation). The
 forward does not form it either: e = D_alpha_down (beta o m) (row tau of D_alpha_down is row tau - 1 of D_alpha)
-and b = beta o m + alpha o e; only the VJP reads `Coeffs.d_alpha` (Triton drops it from the forward kernel). With
-one [C, C] tile and one shift fewer the coefficient kernel stopped spilling (ptxas: 84 bytes before; S400
-forward -0.05 ms on an H200, experiments/results/h200_2026-12-04_e65a8f3).
+and b = beta o m + alpha o e. With one [C, C] tile and one shift fewer the coefficient kernel stopped spilling
+(ptxas: 84 bytes before; S400 forward -0.05 ms on an H200, experiments/results/h200_2026-12-04_e65a8f3).
 
 `coefficients_vjp` maps the cotangents of these to those of (log_alpha, log_mu, beta) by hand (the same function
-as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): four [C, C] products and [C, C] masked sums.
+as XLA's autodiff of `mdn_jax.pallas.local_vjp.coefficients`): three [C, C] products and [C, C] masked sums,
+without D_alpha either (ptxas: no spills, 80 KB shared instead of 96; H200 forward+backward -0.002 ms at S400 and
+-0.014 ms at 1.3B, interleaved: experiments/results/h200_2026-12-04_a6f0dbc).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Coeffs(NamedTuple):
     la: jnp.ndarray  # floored log_alpha
     lm: jnp.ndarray  # floored log_mu
     beta: jnp.ndarray
-    d_alpha: jnp.ndarray
+    alpha: jnp.ndarray  # exp(la)
     d_alpha_down: jnp.ndarray
     d_mu: jnp.ndarray
     gamma_down: jnp.ndarray
@@ -115,8 +116,6 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
     la, lm = jnp.maximum(la, LOG_GATE_FLOOR), jnp.maximum(lm, LOG_GATE_FLOOR)
     la_down, alpha = shift_down(la), jnp.exp(la)
     d_alpha_down, d_mu = segment_decay(la_down, 1), segment_decay(lm, 0)
-    rows, cols = _grid(la.shape[0])
-    d_alpha = jnp.where(rows == cols, 1.0, alpha[:, None] * d_alpha_down)
     gamma_down = gamma = None
     if with_gamma:
         gamma_down = jnp.dot(d_alpha_down, beta[:, None] * d_mu, precision=precision,
@@ -127,7 +126,7 @@ def coefficients(la, lm, beta, precision, with_gamma=True) -> Coeffs:
     e = jnp.sum(d_alpha_down * bm[None, :], axis=1)
     b = bm + alpha * e
     d = jnp.exp(jnp.cumsum(la_down))
-    return Coeffs(la, lm, beta, d_alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d, e)
+    return Coeffs(la, lm, beta, alpha, d_alpha_down, d_mu, gamma_down, gamma, a, m, b, d, e)
 
 
 def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g_d, g_e, ga, gb, g_decay,
@@ -136,26 +135,28 @@ def coefficients_vjp(cf: Coeffs, la_raw, lm_raw, g_gamma, g_gamma_down, g_rho, g
     a, b [C] and decay = (a_L, b_L, m_L) (g_decay: three scalars). la_raw, lm_raw: the gates before the floor
     (no cotangent flows where they are below it)."""
     C = cf.beta.shape[0]
-    rows, cols = _grid(C)
+    rows, _ = _grid(C)
     is_last = common.iota((C,), 0) == C - 1
     dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=g_gamma.dtype)
     dot_t = functools.partial(common.dot_t, precision=precision, acc=g_gamma.dtype)  # x y^T
     ga = ga + jnp.where(is_last, g_decay[0], 0.0)
     gb = gb + shift_up(g_e) + jnp.where(is_last, g_decay[1], 0.0)
+    # D_alpha = I + diag(alpha) D_alpha_down (D_alpha_down strictly lower) is not formed.
     # b = D_alpha (beta o m): gD_alpha += gb (beta o m)^T;  g(beta o m) = D_alpha^T gb
-    g_bm = jnp.sum(cf.d_alpha * gb[:, None], axis=0)
+    g_bm = gb + jnp.sum(cf.d_alpha_down * (cf.alpha * gb)[:, None], axis=0)
     gm = cf.beta * g_bm + jnp.where(is_last, g_decay[2], 0.0)
     # Gamma = D_alpha B D_mu and Gamma_down = D_alpha_down B D_mu (B = diag(beta)); each [C, C] cotangent is
     # reduced to its [C] contribution before the next is formed (few live tiles: no register spills).
-    y = dot(cf.d_alpha.T, g_gamma) + dot(cf.d_alpha_down.T, g_gamma_down)  # [l, j]
+    # y = D_alpha^T g_Gamma + D_alpha_down^T g_Gamma_down, by one product
+    y = g_gamma + dot(cf.d_alpha_down.T, cf.alpha[:, None] * g_gamma + g_gamma_down)  # [l, j]
     g_beta = jnp.sum(y * cf.d_mu, axis=1) + cf.m * g_bm
     g_d_mu = cf.beta[:, None] * y + jnp.where(rows == C - 1, g_rho[None, :], 0.0)
     g_lm = suffix_sum(gm * cf.m) + segment_decay_vjp(g_d_mu * cf.d_mu, 0)
-    # D_alpha = I + diag(alpha) D_alpha_down: its cotangent reaches la directly (row sums of g o D_alpha below the
-    # diagonal) and through D_alpha_down (one segment_decay_vjp for both).
+    # The cotangent of D_alpha reaches la directly (row sums of g o D_alpha below the diagonal) and through
+    # D_alpha_down (one segment_decay_vjp for both).
     g_d_alpha = dot_t(g_gamma, cf.d_mu) * cf.beta[None, :] + gb[:, None] * (cf.beta * cf.m)[None, :]
     g_d_alpha_down = dot_t(g_gamma_down, cf.d_mu) * cf.beta[None, :]
-    g_alpha_part = jnp.where(rows > cols, g_d_alpha * cf.d_alpha, 0.0)
+    g_alpha_part = g_d_alpha * cf.alpha[:, None] * cf.d_alpha_down
     g_la = jnp.sum(g_alpha_part, axis=1)
     g_la += segment_decay_vjp(g_alpha_part + g_d_alpha_down * cf.d_alpha_down, 1)
     g_la += suffix_sum(ga * cf.a) + suffix_sum(g_d * cf.d, strict=True)
