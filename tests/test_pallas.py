@@ -17,7 +17,7 @@ import pytest
 from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
-from mdn_jax.pallas import common, mosaic_grads, mosaic_pass, tuning
+from mdn_jax.pallas import common, core, mosaic_grads, mosaic_pass, tuning
 from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import VECS, chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
@@ -402,6 +402,51 @@ def test_interpret_mosaic_switch_keeps_triton_for_packed_sequences(monkeypatch):
     assert_close(out, run("xla", inputs, None, cu_seqlens=cu), 1e-4, "cu_seqlens")
 
 
+def _count_split_calls(monkeypatch):
+    """The segment counts of the traced calls of the sequence-split forward (`mdn_jax.pallas.seq_split`)."""
+    calls, real = [], core.split_forward
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["split"].segments)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "split_forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("segments,chunk,T,HV,mosaic,gates", [(4, 16, 256, 2, "0", ("drift", -0.5)),
+                                                               (2, 32, 250, 4, "0", "random"),
+                                                               (2, 64, 256, 2, "1", ("drift", -1.0))])
+def test_interpret_seq_split_forward(monkeypatch, segments, chunk, T, HV, mosaic, gates):
+    """MDN_SEQ_SPLIT: the forward as one pass over the rows' segments (identity columns, then the segments'
+    recurrence) == 'xla' from a random initial state, also through the Mosaic pass (K=64) and with grouped value
+    heads and a partial last chunk; the gradients still come from the unsplit passes. Slowly decaying gates
+    ('drift': alpha = exp(-0.01)) carry each segment's start state far into the next."""
+    K, V = (64, 64) if mosaic == "1" else (32, 48)
+    inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=K, V=V, gates=gates)
+    calls = _count_split_calls(monkeypatch)
+    monkeypatch.setenv("MDN_MOSAIC", mosaic)
+    with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
+        out = run("pallas", inputs, init, chunk_size=chunk)
+        assert calls == [segments], calls
+        g = grads("pallas", inputs, init, chunk_size=chunk)
+    what = f"split {segments}"
+    assert_close(out, run("xla", inputs, init, chunk_size=chunk), 1e-4, what)
+    assert_grads_close(g, grads("xla", inputs, init, chunk_size=chunk), 1e-4, what)
+
+
+def test_interpret_seq_split_with_document_resets(monkeypatch):
+    """Resets inside a row (segment_ids) fall inside and on the edges of the split's segments (slowly decaying
+    gates otherwise)."""
+    inputs, _ = make_inputs(29, B=1, T=256, H=2, K=32, V=32, gates=("drift", -0.5), with_init=False)
+    seg = jnp.asarray(np.repeat([0, 1, 2, 3], [40, 100, 52, 64])[None], jnp.int32)  # resets at 40, 140, 192
+    calls = _count_split_calls(monkeypatch)
+    with _traced_anew(monkeypatch, "MDN_SEQ_SPLIT=4"):
+        out = run("pallas", inputs, None, chunk_size=16, segment_ids=seg)
+    assert calls == [4], calls
+    assert_close(out, run("xla", inputs, None, chunk_size=16, segment_ids=seg), 1e-4, "split with resets")
+
+
 def test_interpret_local_vjp_kernel_bf16_operands():
     _check_local_vjp_kernel(_local_inputs(4, 1, 128, 2, 64, 128), 64, jnp.bfloat16, 2e-2, interpret=True)
 
@@ -523,6 +568,19 @@ def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch):
         out = run("pallas", inputs, init)
     assert calls["forward"] == 1, calls
     assert_close(out, run("xla", ref_inputs, init), 1e-2, "S400 heads")
+
+
+@gpu
+@pytest.mark.parametrize("segments,expected,gates", [("auto", 8, "random"), ("4", 4, ("drift", -1.0))])
+def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates):
+    """One long row per head pair (B=1, H=2, T=8192, S400's K and V, bf16): the forward split along the sequence
+    (auto: 8 segments, its pass in Mosaic GPU; 4: 8 segment rows, the Triton pass) against the fp32 reference."""
+    inputs, init, ref_inputs = _gpu_case(37, 8192, 128, 256, jnp.bfloat16, B=1, H=2, gates=gates)
+    calls = _count_split_calls(monkeypatch)
+    with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
+        out = run("pallas", inputs, init)
+    assert calls == [expected], calls
+    assert_close(out, run("xla", ref_inputs, init), 1e-2, f"split {segments}")
 
 
 @gpu

@@ -103,3 +103,24 @@ def test_prep_config_env(monkeypatch):
                                                      num_warps=4)
     monkeypatch.setenv("MDN_PREP_FWD_KERNEL", "0")
     assert tuning.prep_config().use_fwd_kernel is False
+
+
+def test_seq_split_only_for_few_long_dense_rows():
+    split = tuning.seq_split_segments
+    assert split(6, 512, 128, 256, dense=True) == 8  # S400 at B=1, T=32768: 48 segment rows of 64 chunks
+    assert split(2, 1024, 128, 256, dense=True) == 32
+    assert split(6, 64, 128, 256, dense=True) == 4  # segments of at least 16 chunks
+    assert split(6, 16, 128, 256, dense=True) == 1
+    assert split(48, 64, 128, 256, dense=True) == 1  # S400: enough programs unsplit
+    assert split(6, 512, 128, 256, dense=False) == 1  # packed sequences
+
+
+def test_seq_split_env(monkeypatch):
+    monkeypatch.setenv("MDN_SEQ_SPLIT", "4")
+    assert tuning.seq_split_segments(48, 64, 128, 256, dense=True) == 4
+    assert tuning.seq_split_segments(48, 64, 128, 256, dense=False) == 1
+    monkeypatch.setenv("MDN_SEQ_SPLIT", "1")
+    assert tuning.seq_split_segments(6, 512, 128, 256, dense=True) == 1
+    monkeypatch.setenv("MDN_SEQ_SPLIT", "3")
+    with pytest.raises(ValueError, match="divide the 64 chunks"):
+        tuning.seq_split_segments(6, 64, 128, 256, dense=True)

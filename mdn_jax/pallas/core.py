@@ -21,11 +21,13 @@ from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
 from mdn_jax.pallas.chunk_pass import pass_backward, pass_forward
 from mdn_jax.pallas.local_vjp import local_stage_vjp
 from mdn_jax.pallas.mosaic_pass import supported as mosaic_supports
+from mdn_jax.pallas.seq_split import SplitConfig, split_forward
 from mdn_jax.pallas.tuning import (
     BlockConfig,
     block_config,
     local_vjp_config,
     mosaic_config,
+    seq_split_segments,
     use_gate_vjp_kernel,
     use_local_vjp_kernel,
 )
@@ -49,16 +51,22 @@ def _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg: 
                        num_warps=cfg.local_warps, solve_warps=cfg.solve_warps, with_residuals=with_residuals)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14))
-def _core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret, cfg):
-    """O [B, Tp, HV, V] and the final (S, M) table; qb, kt, p, v in op_dtype."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(11, 12, 13, 14, 15))
+def _core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret, cfg,
+          split):
+    """O [B, Tp, HV, V] and the final (S, M) table; qb, kt, p, v in op_dtype. split: `SplitConfig` of the
+    sequence split (without differentiation only) or None."""
+    if split is not None:
+        return split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk=chunk, op_dtype=op_dtype,
+                             interpret=interpret, split=split)
     local = _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg, False)
     return pass_forward(local, qb, kt, p, v, s0, m0, chunk_init, chunk_final, save=False, block_v=cfg.block_v_infer,
                         interpret=interpret, num_warps=cfg.num_warps, mosaic=cfg.mosaic)
 
 
 def _core_fwd(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret,
-              cfg):
+              cfg, split):
+    del split  # differentiated: the chunk states for the backward come from the unsplit saving pass
     local, local_res = _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg, True)
     o, fs, fm, pass_res = pass_forward(local, qb, kt, p, v, s0, m0, chunk_init, chunk_final, save=True,
                                        block_v=cfg.block_v_save, interpret=interpret, num_warps=cfg.num_warps,
@@ -67,7 +75,8 @@ def _core_fwd(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_f
     return (o, fs, fm), res
 
 
-def _core_bwd(chunk, op_dtype, interpret, cfg, res, cot):
+def _core_bwd(chunk, op_dtype, interpret, cfg, split, res, cot):
+    del split
     qb, kt, p, v, log_alpha, log_mu, beta, s0, chunk_init, chunk_final, local, local_res, pass_res = res
     local_cot, (ds0, dm0) = pass_backward(local, pass_res, qb, kt, p, s0, chunk_init, chunk_final, *cot,
                                           block_v=cfg.block_v, interpret=interpret, num_warps=cfg.num_warps,
@@ -84,6 +93,20 @@ def _core_bwd(chunk, op_dtype, interpret, cfg, res, cot):
 
 
 _core.defvjp(_core_fwd, _core_bwd)
+
+
+def _split_config(rows, num_chunks, K, V, C, op_dtype, dense, interpret) -> SplitConfig | None:
+    """The sequence split of the forward without differentiation (`tuning.seq_split_segments`), with the
+    configuration of its pass over 2K + V columns in G times as many rows; None: no split."""
+    segments = seq_split_segments(rows, num_chunks, K, V, dense=dense)
+    if segments == 1:
+        return None
+    rows, V = rows * segments, 2 * K + V
+    cfg = block_config(K, V, C, rows=rows)
+    mosaic = mosaic_config(K, V, rows, op_dtype, dense=True, interpret=interpret)
+    if mosaic is not None and mosaic_supports(K, V, C, mosaic.block_v, mosaic.consumers):
+        cfg = cfg._replace(mosaic=mosaic)
+    return SplitConfig(segments, cfg)
 
 
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None,
@@ -109,11 +132,12 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
                            interpret=interpret)
     if mosaic is not None and mosaic_supports(Kp, Vp, C, mosaic.block_v, mosaic.consumers):
         cfg = cfg._replace(mosaic=mosaic)
+    split = _split_config(B * HV, Tp // C, Kp, Vp, C, op_dtype, dense_rows and x.s0.dtype == jnp.float32, interpret)
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
     v = _pad_last(x.v, Vp)
     qb, kt, p, v = (a.astype(op_dtype) for a in (qb, kt, p, v))
     o, fs, fm = _core(qb, kt, p, v, x.log_alpha, x.log_mu, x.beta, s0, m0, x.chunk_init, x.chunk_final, C, op_dtype,
-                      interpret, cfg)
+                      interpret, cfg, split)
     o = o[..., :V]
     return o, (fs[..., :K, :V], fm[..., :K, :V])

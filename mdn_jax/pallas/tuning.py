@@ -12,7 +12,8 @@ of `chunk_grads`), `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_
 side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
 `MDN_PREP_FWD_KERNEL`, `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's kernels
 (`prep_config`);
-`MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`).
+`MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`);
+`MDN_SEQ_SPLIT` the forward's sequence split for few long rows (`seq_split_segments`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,32 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     if mode == "1":
         return cfg
     return cfg if not interpret and has_wgmma() and K == 128 and rows * V // cfg.block_v >= _FEW_PROGRAMS else None
+
+
+def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: bool) -> int:
+    """Segments per row of the forward without differentiation (`mdn_jax.pallas.seq_split`; 1: no split).
+
+    Env MDN_SEQ_SPLIT: 'auto' (default) or a number of segments (1: never split; it must divide the chunks of a
+    row). 'auto' splits dense rows only where the pass alone has few programs (rows * V / 64 < `_FEW_PROGRAMS`,
+    the rows that `block_config` halves blocks for): into the fewest power-of-two segments that give at least
+    `_SPLIT_ROWS` segment rows, each of at least `_SPLIT_MIN_CHUNKS` chunks.
+    """
+    mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
+    if mode != "auto":
+        segments = int(mode)
+        if segments < 1 or num_chunks % segments:
+            raise ValueError(f"MDN_SEQ_SPLIT={segments} must be >= 1 and divide the {num_chunks} chunks of a row")
+        return segments if dense else 1
+    if not dense or rows * V // 64 >= _FEW_PROGRAMS:
+        return 1
+    segments = 1
+    while rows * segments < _SPLIT_ROWS and num_chunks % (2 * segments) == 0 \
+            and num_chunks // (2 * segments) >= _SPLIT_MIN_CHUNKS:
+        segments *= 2
+    return segments
+
+
+_SPLIT_ROWS, _SPLIT_MIN_CHUNKS = 48, 16
 
 
 def grads_config() -> KernelBlocks:
