@@ -574,7 +574,8 @@ def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch):
 @pytest.mark.parametrize("segments,expected,gates", [("auto", 8, "random"), ("4", 4, ("drift", -1.0))])
 def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates):
     """One long row per head pair (B=1, H=2, T=8192, S400's K and V, bf16): the forward split along the sequence
-    (auto: 8 segments, its pass in Mosaic GPU; 4: 8 segment rows, the Triton pass) against the fp32 reference."""
+    (auto: 8 segments, 16 segment rows, its pass in Mosaic GPU; 4: 8 segment rows, the Triton pass) against the
+    fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(37, 8192, 128, 256, jnp.bfloat16, B=1, H=2, gates=gates)
     calls = _count_split_calls(monkeypatch)
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):

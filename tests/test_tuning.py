@@ -107,11 +107,12 @@ def test_prep_config_env(monkeypatch):
 
 def test_seq_split_only_for_few_long_dense_rows():
     split = tuning.seq_split_segments
-    assert split(6, 512, 128, 256, dense=True) == 8  # S400 at B=1, T=32768: 48 segment rows of 64 chunks
-    assert split(2, 1024, 128, 256, dense=True) == 32
-    assert split(6, 64, 128, 256, dense=True) == 4  # segments of at least 16 chunks
+    assert split(6, 512, 128, 256, dense=True) == 4  # S400 at B=1, T=32768: 24 segment rows of 128 chunks
+    assert split(2, 1024, 128, 256, dense=True) == 16
+    assert split(2, 128, 128, 256, dense=True) == 8  # segments of at least 16 chunks
     assert split(6, 16, 128, 256, dense=True) == 1
-    assert split(48, 64, 128, 256, dense=True) == 1  # S400: enough programs unsplit
+    assert split(24, 64, 128, 256, dense=True) == 1  # S400 at B=4: enough programs unsplit
+    assert split(48, 64, 128, 256, dense=True) == 1
     assert split(6, 512, 128, 256, dense=False) == 1  # packed sequences
 
 

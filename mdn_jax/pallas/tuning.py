@@ -141,9 +141,11 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     """Segments per row of the forward without differentiation (`mdn_jax.pallas.seq_split`; 1: no split).
 
     Env MDN_SEQ_SPLIT: 'auto' (default) or a number of segments (1: never split; it must divide the chunks of a
-    row). 'auto' splits dense rows only where the pass alone has few programs (rows * V / 64 < `_FEW_PROGRAMS`,
-    the rows that `block_config` halves blocks for): into the fewest power-of-two segments that give at least
-    `_SPLIT_ROWS` segment rows, each of at least `_SPLIT_MIN_CHUNKS` chunks.
+    row). 'auto' splits dense rows only where the pass alone has too few programs even at block_v 16
+    (rows * V / 16 < `_FEW_PROGRAMS`): into the fewest power-of-two segments that give at least `_SPLIT_ROWS`
+    segment rows, each of at least `_SPLIT_MIN_CHUNKS` chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks;
+    experiments/results/h200_2026-12-04_816090b, interleaved): forward 1.610 ms with 4 segments, 1.612 with 16,
+    1.662 with 8, 1.891 with 32, 1.651 unsplit; S400 at B=4 (24 rows, 64 chunks) loses with 2 (0.877 vs 0.567).
     """
     mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
     if mode != "auto":
@@ -151,7 +153,7 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
         if segments < 1 or num_chunks % segments:
             raise ValueError(f"MDN_SEQ_SPLIT={segments} must be >= 1 and divide the {num_chunks} chunks of a row")
         return segments if dense else 1
-    if not dense or rows * V // 64 >= _FEW_PROGRAMS:
+    if not dense or rows * V // 16 >= _FEW_PROGRAMS:
         return 1
     segments = 1
     while rows * segments < _SPLIT_ROWS and num_chunks % (2 * segments) == 0 \
@@ -160,7 +162,7 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     return segments
 
 
-_SPLIT_ROWS, _SPLIT_MIN_CHUNKS = 48, 16
+_SPLIT_ROWS, _SPLIT_MIN_CHUNKS = 24, 16
 
 
 def grads_config() -> KernelBlocks:
