@@ -60,5 +60,7 @@ if [ -n "${AUTHORS_ROOT:-}" ]; then
   [ -d "$cache" ] && tar czf /tmp/triton_authors.tgz -C "$cache" . && du -h /tmp/triton_authors.tgz \
     && [ "$(stat -c %s /tmp/triton_authors.tgz)" -lt 16000000 ] && mv /tmp/triton_authors.tgz "$OUT/"
 fi
-[ "${BENCH:-1}" = 1 ] && timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
-  | tee "$OUT/bench.log" | tail -12
+if [ "${BENCH:-1}" = 1 ]; then
+  timeout ${BENCH_TIMEOUT:-200} python3 experiments/bench_ops.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
+    | tee "$OUT/bench.log" | tail -12
+fi

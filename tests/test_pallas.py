@@ -414,37 +414,46 @@ def _count_split_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("segments,chunk,T,HV,mosaic,gates", [(4, 16, 256, 2, "0", ("drift", -0.5)),
-                                                               (2, 32, 250, 4, "0", "random"),
-                                                               (2, 64, 256, 2, "1", ("drift", -1.0))])
-def test_interpret_seq_split_forward(monkeypatch, segments, chunk, T, HV, mosaic, gates):
-    """MDN_SEQ_SPLIT: the forward as one pass over the rows' segments (identity columns, then the segments'
-    recurrence) == 'xla' from a random initial state, also through the Mosaic pass (K=64) and with grouped value
-    heads and a partial last chunk; the gradients still come from the unsplit passes. Slowly decaying gates
-    ('drift': alpha = exp(-0.01)) carry each segment's start state far into the next."""
-    K, V = (64, 64) if mosaic == "1" else (32, 48)
-    inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=K, V=V, gates=gates)
+@pytest.mark.parametrize("segments,T,HV,gates", [(4, 256, 2, ("drift", -0.5)), (2, 250, 4, "random")])
+def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, gates):
+    """MDN_SEQ_SPLIT (with MDN_MOSAIC=1: the split's pass is the Mosaic one): the forward as one pass over the
+    rows' segments (identity columns, then the segments' recurrence) == 'xla' from a random initial state, with
+    grouped value heads and a partial last chunk; the gradients still come from the unsplit passes. Slowly
+    decaying gates ('drift': alpha = exp(-0.01)) carry each segment's start state far into the next."""
+    inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=64, V=128, gates=gates)
     calls = _count_split_calls(monkeypatch)
-    monkeypatch.setenv("MDN_MOSAIC", mosaic)
+    monkeypatch.setenv("MDN_MOSAIC", "1")
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
-        out = run("pallas", inputs, init, chunk_size=chunk)
+        out = run("pallas", inputs, init)
         assert calls == [segments], calls
-        g = grads("pallas", inputs, init, chunk_size=chunk)
+        g = grads("pallas", inputs, init)
     what = f"split {segments}"
-    assert_close(out, run("xla", inputs, init, chunk_size=chunk), 1e-4, what)
-    assert_grads_close(g, grads("xla", inputs, init, chunk_size=chunk), 1e-4, what)
+    assert_close(out, run("xla", inputs, init), 1e-4, what)
+    assert_grads_close(g, grads("xla", inputs, init), 1e-4, what)
 
 
 def test_interpret_seq_split_with_document_resets(monkeypatch):
     """Resets inside a row (segment_ids) fall inside and on the edges of the split's segments (slowly decaying
     gates otherwise)."""
-    inputs, _ = make_inputs(29, B=1, T=256, H=2, K=32, V=32, gates=("drift", -0.5), with_init=False)
+    inputs, _ = make_inputs(29, B=1, T=256, H=2, K=64, V=128, gates=("drift", -0.5), with_init=False)
     seg = jnp.asarray(np.repeat([0, 1, 2, 3], [40, 100, 52, 64])[None], jnp.int32)  # resets at 40, 140, 192
     calls = _count_split_calls(monkeypatch)
+    monkeypatch.setenv("MDN_MOSAIC", "1")
     with _traced_anew(monkeypatch, "MDN_SEQ_SPLIT=4"):
-        out = run("pallas", inputs, None, chunk_size=16, segment_ids=seg)
+        out = run("pallas", inputs, None, segment_ids=seg)
     assert calls == [4], calls
-    assert_close(out, run("xla", inputs, None, chunk_size=16, segment_ids=seg), 1e-4, "split with resets")
+    assert_close(out, run("xla", inputs, None, segment_ids=seg), 1e-4, "split with resets")
+
+
+def test_interpret_seq_split_needs_the_mosaic_pass(monkeypatch):
+    """MDN_MOSAIC=0: no Mosaic pass, so MDN_SEQ_SPLIT leaves the forward unsplit."""
+    inputs, init = make_inputs(31, B=1, T=256, H=1, K=64, V=128)
+    calls = _count_split_calls(monkeypatch)
+    monkeypatch.setenv("MDN_MOSAIC", "0")
+    with _traced_anew(monkeypatch, "MDN_SEQ_SPLIT=4"):
+        out = run("pallas", inputs, init)
+    assert calls == [], calls
+    assert_close(out, run("xla", inputs, init), 1e-4, "unsplit")
 
 
 def test_interpret_local_vjp_kernel_bf16_operands():
@@ -571,11 +580,10 @@ def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch):
 
 
 @gpu
-@pytest.mark.parametrize("segments,expected,gates", [("auto", 8, "random"), ("4", 4, ("drift", -1.0))])
+@pytest.mark.parametrize("segments,expected,gates", [("auto", 8, "random"), ("16", 16, ("drift", -1.0))])
 def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates):
     """One long row per head pair (B=1, H=2, T=8192, S400's K and V, bf16): the forward split along the sequence
-    (auto: 8 segments, 16 segment rows, its pass in Mosaic GPU; 4: 8 segment rows, the Triton pass) against the
-    fp32 reference."""
+    (auto: 8 segments of 16 chunks; 16 of 8, slowly decaying gates) against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(37, 8192, 128, 256, jnp.bfloat16, B=1, H=2, gates=gates)
     calls = _count_split_calls(monkeypatch)
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):

@@ -105,6 +105,41 @@ def test_lowering_rejects_configurations_over_shared_memory():
         _lower_for_cuda(128, 256, 64, 2, 2)
 
 
+def _with_identity_columns(local, qb, kt, p, v, s0, m0, identity_cols):
+    """The pass's inputs with identity_cols more state columns in front (random start states for all columns)."""
+    extra = jax.random.normal(jax.random.PRNGKey(5), s0.shape[:-1] + (2 * identity_cols,), s0.dtype)
+    return (local, qb, kt, p, v, jnp.concatenate([extra[..., :identity_cols], s0], axis=-1),
+            jnp.concatenate([extra[..., identity_cols:], m0], axis=-1))
+
+
+def test_interpret_identity_columns_match_triton_pass():
+    """identity_cols (the sequence split's pass): zero values in the leading state columns, their outputs as the
+    head-major Psi, against the Triton pass over the same columns with zeros concatenated in front of v."""
+    B, T, H, K, V, ident = 2, 192, 2, 64, 128, 128
+    args = _with_identity_columns(*_inputs(B, T, H, K, V, dtype=jnp.float32, interpret=True), ident)
+    o, fs, fm, psi = pass_forward_mosaic(*args, block_v=64, stages=1, consumers=2, identity_cols=ident,
+                                         interpret=True)
+    local, qb, kt, p, v, s0, m0 = args
+    v_ext = jnp.concatenate([jnp.zeros(v.shape[:-1] + (ident,), v.dtype), v], axis=-1)
+    ro, rfs, rfm = _triton_pass(local, qb, kt, p, v_ext, s0, m0, block_v=64, interpret=True)
+    ref_psi = ro[..., :ident].transpose(0, 2, 1, 3).reshape(B * H, T, ident)
+    errs = rel_errs((o, fs, fm, psi), (ro[..., ident:], rfs, rfm, ref_psi))
+    assert all(e < 1e-6 for e in errs), errs
+
+
+def test_identity_columns_lower_for_cuda_and_reject_saving():
+    """The split's configuration at S400's K, V (256 identity columns, two consumers) lowers for CUDA; with
+    save=True, or not a multiple of the program's columns, identity columns are refused."""
+    args = _with_identity_columns(*_inputs(1, 256, 2, 128, 256, interpret=True), 256)
+    fn = functools.partial(pass_forward_mosaic, block_v=64, stages=1, consumers=2, identity_cols=256)
+    assert "mosaic_gpu" in _cuda_text(fn, args)
+    with pytest.raises(ValueError, match="identity_cols"):
+        pass_forward_mosaic(*args, block_v=64, consumers=2, identity_cols=256, save=True, interpret=True)
+    args = _with_identity_columns(*_inputs(1, 128, 1, 64, 128, dtype=jnp.float32, interpret=True), 64)
+    with pytest.raises(ValueError, match="identity_cols"):
+        pass_forward_mosaic(*args, block_v=64, consumers=2, identity_cols=64, interpret=True)
+
+
 def _lower_for_cuda(K, V, block_v, stages, consumers, save=False):
     fn = functools.partial(pass_forward_mosaic, block_v=block_v, stages=stages, consumers=consumers, save=save)
     return _cuda_text(fn, _inputs(1, 256, 2, K, V, interpret=True))

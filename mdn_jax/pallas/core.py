@@ -97,16 +97,17 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 def _split_config(rows, num_chunks, K, V, C, op_dtype, dense, interpret) -> SplitConfig | None:
     """The sequence split of the forward without differentiation (`tuning.seq_split_segments`), with the
-    configuration of its pass over 2K + V columns in G times as many rows; None: no split."""
+    configuration of its Mosaic GPU pass over 2K + V columns in G times as many rows; None: no split (also where
+    that pass would not be the Mosaic one: `tuning.mosaic_config`, `mosaic_pass.supported`)."""
     segments = seq_split_segments(rows, num_chunks, K, V, dense=dense)
     if segments == 1:
         return None
-    rows, V = rows * segments, 2 * K + V
-    cfg = block_config(K, V, C, rows=rows)
-    mosaic = mosaic_config(K, V, rows, op_dtype, dense=True, interpret=interpret)
-    if mosaic is not None and mosaic_supports(K, V, C, mosaic.block_v, mosaic.consumers):
-        cfg = cfg._replace(mosaic=mosaic)
-    return SplitConfig(segments, cfg)
+    rows, cols = rows * segments, 2 * K + V
+    mosaic = mosaic_config(K, cols, rows, op_dtype, dense=True, interpret=interpret)
+    if mosaic is None or not mosaic_supports(K, cols, C, mosaic.block_v, mosaic.consumers) \
+            or (2 * K) % (mosaic.consumers * mosaic.block_v):
+        return None
+    return SplitConfig(segments, block_config(K, cols, C, rows=rows)._replace(mosaic=mosaic))
 
 
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None,

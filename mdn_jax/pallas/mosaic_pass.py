@@ -42,13 +42,13 @@ def _row_scales(vec_s, C, block_v):
             for i, name in enumerate(VECS)}
 
 
-def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
-    """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile (and with residual
-    refs in out_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
-    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch."""
+def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values):
+    """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile by write_o(o_smem, c,
+    vs) (and with res_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
+    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch; values: None, or a scalar 0/1 that
+    scales the value tile (0: the identity columns of `mdn_jax.pallas.seq_split`)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
-    o_ref, *res_refs = out_refs
     S, M = carry
     C, block_v = v_s.shape
     op, f32 = qb_s.dtype, jnp.float32
@@ -61,7 +61,10 @@ def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
         plgpu.copy_smem_to_gmem(s_smem, res_refs[0].at[bh, c, :, vs])
         plgpu.copy_smem_to_gmem(m_smem, res_refs[1].at[bh, c, :, vs])
     ps, pm = products((p_s, s_smem), (p_s, m_smem))
-    rn_smem[...] = (v_s[...].astype(f32) - col["d"] * ps + col["e"] * pm).astype(op)  # R
+    v = v_s[...].astype(f32)
+    if values is not None:
+        v = v * values
+    rn_smem[...] = (v - col["d"] * ps + col["e"] * pm).astype(op)  # R
     plgpu.commit_smem()
     (n,) = products((t_s, rn_smem))
     rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
@@ -73,7 +76,7 @@ def _chunk_step(c, tiles, bufs, carry, out_refs, bh, row, head, vs):
     qs, qm, an = products((qb_s, s_smem), (qb_s, m_smem), (attn_s, rn_smem))
     o_smem[...] = (col["a"] * qs - col["b"] * qm + an).astype(op)
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(o_smem, o_ref.at[row, pl.ds(c * C, C), head, vs])
+    write_o(o_smem, c, vs)
     kt_t = kt_s.transpose((1, 0))
     ks, km = products((kt_t, gn_smem), (kt_t, hn_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
@@ -151,8 +154,8 @@ def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block
 
 
 def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms):
-    """BlockSpecs of a chunk's tiles (vecs, decay, T, attn, Qb, Kt, P and the value-side [C, v_cols] tile), chunk
-    chunk_index(step) at pipeline step `step`."""
+    """BlockSpecs of a chunk's tiles (vecs, decay, T, attn, Qb, Kt, P and the value-side [C, v_cols] tile, block vb
+    of its columns), chunk chunk_index(step) at pipeline step `step`."""
     spec = functools.partial(plgpu.BlockSpec, transforms=transforms)
     ci = chunk_index
     specs = [plgpu.BlockSpec((None, None, len(VECS), C), lambda s: (bh, ci(s), 0, 0)),
@@ -176,16 +179,37 @@ def _state_io(row, head, srcs, dsts):
 
 
 def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
-            *res_refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms):
-    res_refs, bufs = res_refs_and_bufs[:3 * save], res_refs_and_bufs[3 * save:]
+            *refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, identity_cols, transforms):
+    n_out = 3 * save + (identity_cols > 0)
+    out_refs, bufs = refs_and_bufs[:n_out], refs_and_bufs[n_out:]
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
-    in_specs = _chunk_specs(lambda s: s, bh, row, head, vb, C, K, consumers * block_v, transforms)
+    id_blocks = identity_cols // (consumers * block_v)  # programs of identity columns: vb < id_blocks
+    v_block = jnp.maximum(vb - id_blocks, 0) if identity_cols else vb  # (identity programs read block 0, unused)
+    in_specs = _chunk_specs(lambda s: s, bh, row, head, v_block, C, K, consumers * block_v, transforms)
     start, finish = _state_io(row, head, (s0_ref, m0_ref), (fs_ref, fm_ref))
 
+    # (values of the kernel's scope are read again inside the pipeline's body: closing over them there hangs
+    # the interpreter with two consumers)
+    def write_o(src, c, vs):  # O's tile; identity columns: Psi's, head-major
+        if not identity_cols:
+            plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, vs])
+            return
+        vb = lax.axis_index("vb")
+
+        @pl.when(vb < id_blocks)
+        def _():
+            plgpu.copy_smem_to_gmem(src, out_refs[-1].at[bh, pl.ds(c * C, C), vs])
+
+        @pl.when(vb >= id_blocks)
+        def _():
+            plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, pl.ds(vs.start - identity_cols,
+                                                                                    vs.size)])
+
     def step(c, tiles, mine, carry, vs):
-        return _chunk_step(c, tiles, mine, carry, (o_ref, *res_refs), bh, row, head, vs)
+        values = (lax.axis_index("vb") >= id_blocks).astype(jnp.float32) if identity_cols else None
+        return _chunk_step(c, tiles, mine, carry, write_o, out_refs[:3 * save], bh, vs, values)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
@@ -234,26 +258,36 @@ def _check(K, V, C, block_v, consumers, state_shape, expected):
 
 
 def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64, stages=1, consumers=2,
-                        save=False, interpret=False):
+                        save=False, identity_cols=0, interpret=False):
     """The forward pass of dense rows: O [B, Tp, HV, V] (operand dtype) and the final (S, M) [B, HV, K, V]
     float32; save: also the chunk-start states S_c, M_c [B*HV, NC, K, V] and N_c [B*HV, NC, C, V] (operand dtype,
     the fields of `chunk_pass.PassResiduals`). s0, m0: [B, HV, K, V] float32, one sequence per row; the other
     arguments as `chunk_pass.pass_forward`'s. stages: chunks in flight (S400 fits 2 at block_v 64 with one
     consumer, 1 with two); consumers: compute warpgroups per program (1 or 2, each with its own block_v state
-    columns; 2 adds a memory warpgroup)."""
+    columns; 2 adds a memory warpgroup).
+
+    identity_cols (without save; `mdn_jax.pallas.seq_split`): the state has that many columns before v's, with
+    zero values and s0, m0 of identity_cols + V columns; their outputs come back as a fourth result, Psi
+    [B*HV, Tp, identity_cols] (operand dtype, head-major), and O keeps v's columns. A multiple of consumers *
+    block_v, so that each program's columns are all identity or all value columns."""
     B, Tp, HV, K = kt.shape
     V = v.shape[-1]
     BH, NC, C = local.t.shape[:3]
-    _check(K, V, C, block_v, consumers, s0.shape, (B, HV, K, V))
+    cols = identity_cols + V
+    if identity_cols and (save or identity_cols % (consumers * block_v)):
+        raise ValueError(f"identity_cols={identity_cols} needs save=False and a multiple of consumers * block_v")
+    _check(K, cols, C, block_v, consumers, s0.shape, (B, HV, K, cols))
     op = kt.dtype
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct(s0.shape, jnp.float32),
                 jax.ShapeDtypeStruct(m0.shape, jnp.float32))
+    if identity_cols:
+        out_type += (jax.ShapeDtypeStruct((BH, Tp, identity_cols), op),)
     if save:
         out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
                      jax.ShapeDtypeStruct((BH, NC, C, V), op))
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, save=save)
-    call = _launch(kernel, out_type, 2, 4, K, C, BH, V, op, block_v=block_v, consumers=consumers,
+                               consumers=consumers, save=save, identity_cols=identity_cols)
+    call = _launch(kernel, out_type, 2, 4, K, C, BH, cols, op, block_v=block_v, consumers=consumers,
                    interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
 

@@ -4,12 +4,12 @@ The sequential pass runs one program per (row, value block) over all chunks of a
 T = 32768 it has too few programs for the GPU and 512 dependent chunk steps each. The recurrence is affine in the
 state x = [S; M] ([2K, V]) with the value columns independent of each other: over a segment of the sequence,
 x_end = Phi x_start + x_local and O = O_local + Psi x_start, where Phi [2K, 2K] and Psi [Tg, 2K] depend only on
-q, k and the gates. So the rows are cut into G segments of Tg = T / G, and one pass over the B * G * HV segment
-rows runs 2K + V columns: the first 2K start from the identity ([I, 0] for S, [0, I] for M) with zero values,
-giving Phi (their final states) and Psi (their outputs); the last V from a zero state, giving x_local and
-O_local. A G-step recurrence of [2K, 2K] x [2K, V] products gives each segment's true x_start, and one batched
-product adds Psi x_start to the outputs. That is (2K + V) / V times the pass's arithmetic (2x at K = 128,
-V = 256) in G times as many programs of G times fewer steps.
+q, k and the gates. So the rows are cut into G segments of Tg = T / G, and one Mosaic GPU pass over the
+B * G * HV segment rows runs 2K + V state columns: the first 2K start from the identity ([I, 0] for S, [0, I]
+for M) with zero values, giving Phi (their final states) and Psi (their outputs, head-major); the last V from a
+zero state, giving x_local and O_local. A G-step recurrence of [2K, 2K] x [2K, V] products gives each segment's
+true x_start, and one batched product adds Psi x_start to the outputs. That is (2K + V) / V times the pass's
+arithmetic (2x at K = 128, V = 256) in G times as many programs of G times fewer steps.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from mdn_jax.ops.layout import dense_layout
 from mdn_jax.pallas.chunk_local import chunk_local
-from mdn_jax.pallas.chunk_pass import pass_forward
+from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic
 from mdn_jax.pallas.tuning import BlockConfig
 
 
 class SplitConfig(NamedTuple):
-    """How `split_forward` runs: segments per row and the configuration of its pass over 2K + V columns."""
+    """How `split_forward` runs: segments per row and the configuration of its pass over 2K + V columns (its
+    `mosaic` field set: the split runs only with the Mosaic GPU pass)."""
 
     segments: int
     cfg: BlockConfig
@@ -45,13 +45,10 @@ def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dt
     local = chunk_local(qb, kt, p, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype, interpret=interpret,
                         num_warps=cfg.local_warps, solve_warps=cfg.solve_warps)
     acc = s0.dtype
-    v_ext = jnp.concatenate([jnp.zeros(v.shape[:-1] + (2 * K,), v.dtype), v], axis=-1)
     eye, zk, zv = jnp.eye(K, dtype=acc), jnp.zeros((K, K), acc), jnp.zeros((K, V), acc)
     basis = lambda *blocks: jnp.broadcast_to(jnp.concatenate(blocks, axis=1), (B * G, HV, K, 2 * K + V))  # noqa: E731
-    layout = dense_layout(B * G, Tg, chunk)
-    o_ext, fs, fm = pass_forward(local, qb, kt, p, v_ext, basis(eye, zk, zv), basis(zk, eye, zv), layout.chunk_init,
-                                 layout.chunk_final, save=False, block_v=cfg.block_v_infer, interpret=interpret,
-                                 num_warps=cfg.num_warps, mosaic=cfg.mosaic)
+    o, fs, fm, psi = pass_forward_mosaic(local, qb, kt, p, v, basis(eye, zk, zv), basis(zk, eye, zv),
+                                         identity_cols=2 * K, interpret=interpret, **cfg.mosaic._asdict())
     ends = jnp.concatenate([fs, fm], axis=-2).reshape(B, G, HV, 2 * K, 2 * K + V)  # [S; M] at each segment's end
     phi, x_local = ends[..., :2 * K], ends[..., 2 * K:]
     x = jnp.concatenate([s0, m0], axis=-2)  # [B, HV, 2K, V]
@@ -59,10 +56,9 @@ def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dt
     for g in range(G):
         starts.append(x)
         x = jnp.einsum("bhij,bhjv->bhiv", phi[:, g], x, precision=lax.Precision.HIGHEST) + x_local[:, g]
-    starts = jnp.stack(starts, axis=1).astype(o_ext.dtype)  # [B, G, HV, 2K, V]: operand dtype, as the pass reads S, M
-    o_ext = o_ext.reshape(B, G, Tg, HV, 2 * K + V)
-    sixteen_bit = jnp.dtype(o_ext.dtype).itemsize == 2  # else about float32, as the pass's own products
-    o = o_ext[..., 2 * K:].astype(acc) + jnp.einsum("bgthi,bghiv->bgthv", o_ext[..., :2 * K], starts,
-                                                    preferred_element_type=acc,
-                                                    precision=None if sixteen_bit else lax.Precision.HIGHEST)
-    return o.reshape(B, Tp, HV, V).astype(o_ext.dtype), x[..., :K, :], x[..., K:, :]
+    starts = jnp.stack(starts, axis=1).astype(o.dtype)  # [B, G, HV, 2K, V]: operand dtype, as the pass reads S, M
+    sixteen_bit = jnp.dtype(o.dtype).itemsize == 2  # else about float32, as the pass's own products
+    psi_x = jnp.einsum("bghti,bghiv->bghtv", psi.reshape(B, G, HV, Tg, 2 * K), starts, preferred_element_type=acc,
+                       precision=None if sixteen_bit else lax.Precision.HIGHEST)
+    o = o.reshape(B, G, Tg, HV, V).astype(acc) + psi_x.transpose(0, 1, 3, 2, 4)
+    return o.reshape(B, Tp, HV, V).astype(psi.dtype), x[..., :K, :], x[..., K:, :]
