@@ -145,9 +145,10 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows only where the pass
     alone has too few programs even at block_v 16 (rows * V / 16 < `_FEW_PROGRAMS`): into the fewest
     power-of-two segments that give at least `_SPLIT_ROWS` segment rows, each of at least `_SPLIT_MIN_CHUNKS`
-    chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks; experiments/results/h200_2026-12-04_816090b, the
-    first version with zeros concatenated to v, interleaved): forward 1.610 ms with 4 segments, 1.612 with 16,
-    1.662 with 8, 1.891 with 32, 1.651 unsplit; S400 at B=4 (24 rows, 64 chunks) loses with 2 (0.877 vs 0.567).
+    chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks), interleaved: forward 1.476 ms with 4 segments, 1.485
+    with 16, 1.683 unsplit (experiments/results/h200_2026-12-04_362b8f1); in the first version (zeros
+    concatenated to v, h200_2026-12-04_816090b) 8 segments were slower than 4 and 16 (1.662 vs 1.610, 1.612) and
+    32 far slower (1.891); S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs 0.567).
     """
     mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
     if mode != "auto":
