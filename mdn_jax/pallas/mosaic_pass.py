@@ -190,8 +190,8 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
     in_specs = _chunk_specs(lambda s: s, bh, row, head, v_block, C, K, consumers * block_v, transforms)
     start, finish = _state_io(row, head, (s0_ref, m0_ref), (fs_ref, fm_ref))
 
-    # (values of the kernel's scope are read again inside the pipeline's body: closing over them there hangs
-    # the interpreter with two consumers)
+    # vb and the 0/1 value scale are read inside the pipeline's body (a scale computed in the kernel's scope and
+    # closed over hung the interpreter with two consumers)
     def write_o(src, c, vs):  # O's tile; identity columns: Psi's, head-major
         if not identity_cols:
             plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, vs])
