@@ -414,13 +414,18 @@ def _count_split_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("segments,T,HV,gates", [(4, 256, 2, ("drift", -0.5)), (2, 250, 4, "random")])
-def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, gates):
+@pytest.mark.parametrize("segments,T,HV,K,V,gates", [(4, 256, 2, 64, 128, ("drift", -0.5)),
+                                                      (2, 250, 4, 64, 128, "random"),
+                                                      (2, 128, 2, 40, 72, ("drift", -1.0))])
+def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates):
     """MDN_SEQ_SPLIT (with MDN_MOSAIC=1: the split's pass is the Mosaic one): the forward as one pass over the
     rows' segments (identity columns, then the segments' recurrence) == 'xla' from a random initial state, with
-    grouped value heads and a partial last chunk; the gradients still come from the unsplit passes. Slowly
-    decaying gates ('drift': alpha = exp(-0.01)) carry each segment's start state far into the next."""
-    inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=64, V=128, gates=gates)
+    grouped value heads, a partial last chunk, and K, V padded to 64, 128 (identity columns on the padded rows of
+    the state too); the gradients still come from the unsplit passes. Slowly decaying gates ('drift': alpha =
+    exp(-0.01)) carry each segment's start state far into the next. K = 64 here: at K = 128 the interpreter hangs
+    on the two-consumer pass with identity columns (without them it runs); the GPU runs K = 128 in
+    test_gpu_seq_split_forward."""
+    inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=K, V=V, gates=gates)
     calls = _count_split_calls(monkeypatch)
     monkeypatch.setenv("MDN_MOSAIC", "1")
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
