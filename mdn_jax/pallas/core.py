@@ -95,17 +95,25 @@ def _core_bwd(chunk, op_dtype, interpret, cfg, split, res, cot):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
+def _mosaic_pass(K, V, C, rows, op_dtype, dense, interpret, identity_cols=0):
+    """The Mosaic GPU passes' configuration where `tuning.mosaic_config` picks them and their kernels take the
+    shapes (`mosaic_pass.supported`), else None (the Triton passes)."""
+    mosaic = mosaic_config(K, V, rows, op_dtype, dense=dense, interpret=interpret)
+    if mosaic is None or not mosaic_supports(K, V, C, mosaic.block_v, mosaic.consumers, identity_cols):
+        return None
+    return mosaic
+
+
 def _split_config(rows, num_chunks, K, V, C, op_dtype, dense, interpret) -> SplitConfig | None:
     """The sequence split of the forward without differentiation (`tuning.seq_split_segments`), with the
     configuration of its Mosaic GPU pass over 2K + V columns in G times as many rows; None: no split (also where
-    that pass would not be the Mosaic one: `tuning.mosaic_config`, `mosaic_pass.supported`)."""
+    that pass would not be the Mosaic one)."""
     segments = seq_split_segments(rows, num_chunks, K, V, dense=dense)
     if segments == 1:
         return None
     rows, cols = rows * segments, 2 * K + V
-    mosaic = mosaic_config(K, cols, rows, op_dtype, dense=True, interpret=interpret)
-    if mosaic is None or not mosaic_supports(K, cols, C, mosaic.block_v, mosaic.consumers) \
-            or (2 * K) % (mosaic.consumers * mosaic.block_v):
+    mosaic = _mosaic_pass(K, cols, C, rows, op_dtype, dense, interpret, identity_cols=2 * K)
+    if mosaic is None:
         return None
     return SplitConfig(segments, block_config(K, cols, C, rows=rows)._replace(mosaic=mosaic))
 
@@ -129,11 +137,9 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     op_dtype = jnp.dtype(operand_dtype or x.qb.dtype)
     if op_dtype == jnp.float64 and not interpret:
         raise TypeError("implementation='pallas' on GPU takes float32/bfloat16/float16 inputs, not float64")
-    mosaic = mosaic_config(Kp, Vp, B * HV, op_dtype, dense=dense_rows and x.s0.dtype == jnp.float32,
-                           interpret=interpret)
-    if mosaic is not None and mosaic_supports(Kp, Vp, C, mosaic.block_v, mosaic.consumers):
-        cfg = cfg._replace(mosaic=mosaic)
-    split = _split_config(B * HV, Tp // C, Kp, Vp, C, op_dtype, dense_rows and x.s0.dtype == jnp.float32, interpret)
+    dense = dense_rows and x.s0.dtype == jnp.float32
+    cfg = cfg._replace(mosaic=_mosaic_pass(Kp, Vp, C, B * HV, op_dtype, dense, interpret))
+    split = _split_config(B * HV, Tp // C, Kp, Vp, C, op_dtype, dense, interpret)
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
     v = _pad_last(x.v, Vp)

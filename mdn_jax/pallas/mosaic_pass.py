@@ -243,18 +243,20 @@ def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, c
                         interpret=plgpu.InterpretGPUParams() if interpret else False, **threads)
 
 
-def supported(K: int, V: int, C: int, block_v: int, consumers: int) -> bool:
-    """Whether the kernels take these shapes (dense rows assumed): C = 64, K a multiple of 64, V of consumers *
-    block_v, block_v a multiple of 64 (one 128-byte swizzled row of 16-bit operands); two consumers only up to
-    K = 128 (at K = 256 their tiles and scratch need 330 KB of shared memory, of 227)."""
-    shapes = C == 64 and K % 64 == 0 and block_v % 64 == 0 and V % (consumers * block_v) == 0
-    return shapes and (consumers == 1 or (consumers == 2 and K <= 128))
+def supported(K: int, V: int, C: int, block_v: int, consumers: int, identity_cols: int = 0) -> bool:
+    """Whether the kernels take these shapes (dense rows assumed): C = 64, K a multiple of 64, V (the state's
+    columns) and identity_cols (those of `pass_forward_mosaic`'s) of consumers * block_v, block_v a multiple of 64
+    (one 128-byte swizzled row of 16-bit operands); two consumers only up to K = 128 (at K = 256 their tiles and
+    scratch need 330 KB of shared memory, of 227)."""
+    per_program = consumers * block_v
+    shapes = C == 64 and K % 64 == 0 and block_v % 64 == 0 and V % per_program == 0
+    return shapes and identity_cols % per_program == 0 and (consumers == 1 or (consumers == 2 and K <= 128))
 
 
-def _check(K, V, C, block_v, consumers, state_shape, expected):
-    if not supported(K, V, C, block_v, consumers) or state_shape != expected:
+def _check(K, V, C, block_v, consumers, state_shape, expected, identity_cols=0):
+    if not supported(K, V, C, block_v, consumers, identity_cols) or state_shape != expected:
         raise ValueError(f"Mosaic pass limits: K={K}, V={V}, chunk={C}, block_v={block_v}, consumers={consumers}, "
-                         f"states {state_shape} (dense rows: expected {expected})")
+                         f"identity_cols={identity_cols}, states {state_shape} (dense rows: expected {expected})")
 
 
 def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64, stages=1, consumers=2,
@@ -274,9 +276,9 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
     V = v.shape[-1]
     BH, NC, C = local.t.shape[:3]
     cols = identity_cols + V
-    if identity_cols and (save or identity_cols % (consumers * block_v)):
-        raise ValueError(f"identity_cols={identity_cols} needs save=False and a multiple of consumers * block_v")
-    _check(K, cols, C, block_v, consumers, s0.shape, (B, HV, K, cols))
+    if identity_cols and save:
+        raise ValueError(f"identity_cols={identity_cols} needs save=False")
+    _check(K, cols, C, block_v, consumers, s0.shape, (B, HV, K, cols), identity_cols)
     op = kt.dtype
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct(s0.shape, jnp.float32),
                 jax.ShapeDtypeStruct(m0.shape, jnp.float32))
