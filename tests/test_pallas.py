@@ -361,10 +361,10 @@ def _count_mosaic_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("T,with_init", [(130, True)])
-def test_interpret_mosaic_passes_forward_and_grads(monkeypatch, T, with_init):
+@pytest.mark.parametrize("T,K,V,with_init", [(130, 64, 128, True), (100, 256, 64, True)])  # K=256: block_v 32
+def test_interpret_mosaic_passes_forward_and_grads(monkeypatch, T, K, V, with_init):
     """MDN_MOSAIC=1: the sequential passes as the Mosaic GPU kernels (interpret mode) inside the op == 'xla'."""
-    inputs, init = make_inputs(19 + T, B=2, T=T, H=1, K=64, V=128, with_init=with_init)
+    inputs, init = make_inputs(19 + T, B=2, T=T, H=1, K=K, V=V, with_init=with_init)
     calls = _count_mosaic_calls(monkeypatch)
     out, g = _run_and_grads_with_env(monkeypatch, "MDN_MOSAIC=1", inputs, init)
     assert all(calls.values()), calls  # forward alone, forward saving, sweep
@@ -562,7 +562,7 @@ def test_gpu_forward_and_grads_env_switches(monkeypatch, env, dtype, tol, T, K, 
 
 
 @gpu
-@pytest.mark.parametrize("T,K,V", [(1024, 128, 256), (300, 64, 128), (130, 100, 128)])
+@pytest.mark.parametrize("T,K,V", [(1024, 128, 256), (300, 64, 128), (130, 100, 128), (512, 256, 512)])
 def test_gpu_mosaic_passes_forward_and_grads(monkeypatch, T, K, V):
     """MDN_MOSAIC=1: the op through the Mosaic GPU passes (bf16) against the fp32 reference."""
     inputs, init, ref_inputs = _gpu_case(T + K + V + 2, T, K, V, jnp.bfloat16)

@@ -20,6 +20,7 @@ from experiments.mosaic_pass import (
     check,
     check_sweep,
 )
+from mdn_jax.pallas import mosaic_pass
 from mdn_jax.pallas.chunk_grads import pass_cotangents_xla
 from mdn_jax.pallas.mosaic_grads import pass_cotangents_mosaic
 from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic, sweep_mosaic
@@ -32,7 +33,8 @@ ON_GPU = jax.default_backend() == "gpu"
     (2, 192, 2, 128, 256, 128, 1, 1, False, jnp.bfloat16, 1e-3),
     (1, 192, 2, 64, 256, 64, 2, 2, False, jnp.float32, 1e-6),
     (1, 192, 2, 64, 128, 64, 2, 1, True, jnp.float32, 1e-6),
-    (1, 128, 2, 64, 256, 64, 1, 2, True, jnp.bfloat16, 1e-2)])
+    (1, 128, 2, 64, 256, 64, 1, 2, True, jnp.bfloat16, 1e-2),
+    (1, 192, 1, 256, 128, 32, 1, 2, True, jnp.float32, 1e-6)])  # K = 256's configuration
 def test_interpret_matches_triton_pass(B, T, H, K, V, block_v, stages, consumers, save, dtype, tol):
     """(O, S_T, M_T) and with save the residuals (S_c, M_c, N_c) of both passes in interpret mode, on the same
     chunk-local outputs (consumers 2: two compute warpgroups and a memory warpgroup)."""
@@ -44,7 +46,8 @@ def test_interpret_matches_triton_pass(B, T, H, K, V, block_v, stages, consumers
 @pytest.mark.parametrize("B,T,H,K,V,block_v,stages,consumers,dtype,tol", [
     (1, 128, 2, 64, 128, 64, 2, 1, jnp.float32, 1e-6),
     (1, 192, 2, 64, 256, 64, 1, 2, jnp.float32, 1e-6),
-    (2, 128, 2, 128, 256, 128, 1, 1, jnp.bfloat16, 1e-3)])
+    (2, 128, 2, 128, 256, 128, 1, 1, jnp.bfloat16, 1e-3),
+    (1, 192, 1, 256, 128, 32, 1, 2, jnp.float32, 1e-6)])
 def test_interpret_sweep_matches_triton_sweep(B, T, H, K, V, block_v, stages, consumers, dtype, tol):
     """(lS, lM, dN, dS0, dM0) of both reverse sweeps in interpret mode."""
     errs = check_sweep(B=B, T=T, H=H, K=K, V=V, block_v=block_v, stages=stages, consumers=consumers, dtype=dtype)
@@ -60,7 +63,8 @@ def test_rejects_shapes_outside_the_limits():
 @pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("K,V,block_v,stages,consumers,save", [
     (128, 256, 64, 2, 1, False), (128, 256, 128, 1, 1, False), (128, 256, 64, 1, 2, False),
-    (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True), (128, 256, 64, 1, 2, True)])
+    (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True), (128, 256, 64, 1, 2, True),
+    (256, 512, 32, 1, 2, False), (256, 512, 32, 1, 2, True)])
 def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers, save):
     args = _inputs(2, 1024, 2, K, V)
     ours = jax.jit(lambda *a: pass_forward_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers,
@@ -72,7 +76,7 @@ def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers, save):
 
 @pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
-                                                         (256, 512, 64, 1, 1)])
+                                                         (256, 512, 64, 1, 1), (256, 512, 32, 1, 2)])
 def test_gpu_sweep_matches_triton_sweep(K, V, block_v, stages, consumers):
     local, qb, kt, p, *_ = _inputs(2, 1024, 2, K, V)
     args = (local, qb, kt, p, *_cotangents(2, 1024, 2, K, V))
@@ -84,7 +88,7 @@ def test_gpu_sweep_matches_triton_sweep(K, V, block_v, stages, consumers):
 
 @pytest.mark.parametrize("K,V,block_v,stages,consumers,save", [(128, 256, 64, 2, 1, False), (128, 256, 64, 1, 2, False),
                                                               (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True),
-                                                              (128, 256, 64, 1, 2, True)])
+                                                              (128, 256, 64, 1, 2, True), (256, 512, 32, 1, 2, True)])
 def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers, save):
     """The Mosaic GPU lowering (layouts, transforms, the shared-memory budget) of the GPU configurations, run on
     any machine: `lower(lowering_platforms=("cuda",))` needs no GPU."""
@@ -92,7 +96,7 @@ def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers, 
 
 
 @pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
-                                                         (256, 512, 64, 1, 1)])
+                                                         (256, 512, 64, 1, 1), (256, 512, 32, 1, 2)])
 def test_sweep_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers):
     local, qb, kt, p, *_ = _inputs(1, 256, 2, K, V, interpret=True)
     args = (local, qb, kt, p, *_cotangents(1, 256, 2, K, V))
@@ -100,9 +104,22 @@ def test_sweep_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consu
     assert "mosaic_gpu" in text
 
 
-def test_lowering_rejects_configurations_over_shared_memory():
-    with pytest.raises(ValueError, match="shared memory"):
-        _lower_for_cuda(128, 256, 64, 2, 2)
+@pytest.mark.parametrize("K,V,block_v,stages,consumers", [
+    (128, 256, 64, 2, 2), (256, 512, 64, 1, 2), (256, 512, 32, 2, 2), (256, 512, 32, 1, 2), (128, 256, 64, 1, 2),
+    (128, 256, 128, 2, 1), (256, 512, 32, 2, 1)])
+def test_shared_memory_estimate_agrees_with_the_lowering(monkeypatch, K, V, block_v, stages, consumers):
+    """`supported`'s shared-memory estimate (`smem_bytes`) against Mosaic GPU's own count at lowering, on either
+    side of the limit: what it refuses (with the limits named) is what the lowering rejects, what it takes lowers."""
+    fits = mosaic_pass.supported(K, V, 64, block_v, consumers, stages=stages)
+    if not fits:
+        with pytest.raises(ValueError, match="Mosaic pass limits"):
+            _lower_for_cuda(K, V, block_v, stages, consumers)
+    monkeypatch.setattr(mosaic_pass, "supported", lambda *a, **k: True)  # the lowering's own check
+    if fits:
+        assert "mosaic_gpu" in _lower_for_cuda(K, V, block_v, stages, consumers)
+    else:
+        with pytest.raises(ValueError, match="exceeds available shared memory"):
+            _lower_for_cuda(K, V, block_v, stages, consumers)
 
 
 def _with_identity_columns(local, qb, kt, p, v, s0, m0, identity_cols):

@@ -45,7 +45,7 @@ def test_mosaic_passes_for_dense_s400_on_the_gpu_only(monkeypatch):
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=True) is None
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=False, interpret=False) is None  # cu_seqlens
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.float32, dense=True, interpret=False) is None
-    assert tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False) is None  # 1.3B: slower
+    assert tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False) is None  # not measured
     assert tuning.mosaic_config(128, 256, 6, jnp.bfloat16, dense=True, interpret=False) is None  # few programs
 
 
@@ -54,6 +54,12 @@ def test_mosaic_env_switch(monkeypatch):
     assert tuning.mosaic_config(64, 128, 2, jnp.float32, dense=True, interpret=True) is not None
     assert tuning.mosaic_config(64, 128, 2, jnp.float32, dense=True, interpret=False) is None  # wgmma: 16-bit
     assert tuning.mosaic_config(64, 128, 2, jnp.float32, dense=False, interpret=True) is None
+    wide = tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False)
+    assert wide == tuning.MosaicConfig(block_v=32, stages=1, consumers=2)  # what fits shared memory at K = 256
+    monkeypatch.setenv("MDN_MOSAIC_BLOCK_V", "64")
+    monkeypatch.setenv("MDN_MOSAIC_CONSUMERS", "1")
+    monkeypatch.setenv("MDN_MOSAIC_STAGES", "2")
+    assert tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False) == (64, 2, 1)
     monkeypatch.setenv("MDN_MOSAIC", "0")
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False) is None
     monkeypatch.setenv("MDN_MOSAIC", "yes")

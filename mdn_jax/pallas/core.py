@@ -99,7 +99,7 @@ def _mosaic_pass(K, V, C, rows, op_dtype, dense, interpret, identity_cols=0):
     """The Mosaic GPU passes' configuration where `tuning.mosaic_config` picks them and their kernels take the
     shapes (`mosaic_pass.supported`), else None (the Triton passes)."""
     mosaic = mosaic_config(K, V, rows, op_dtype, dense=dense, interpret=interpret)
-    if mosaic is None or not mosaic_supports(K, V, C, mosaic.block_v, mosaic.consumers, identity_cols):
+    if mosaic is None or not mosaic_supports(K, V, C, mosaic.block_v, mosaic.consumers, identity_cols, mosaic.stages):
         return None
     return mosaic
 

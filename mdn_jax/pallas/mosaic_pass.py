@@ -13,13 +13,14 @@ The reverse sweep (`sweep_mosaic`) runs the chunks backwards with the same machi
 flight) and computes block_v columns; consumers=2: two compute warpgroups of block_v columns each share the K-side
 tiles that a memory warpgroup brings (`plgpu.emit_pipeline_warp_specialized`): half the programs and half the
 K-side reads. H200, S400 (experiments/results/h200_2026-12-02_0bbac19): block_v 64 with 2 consumers, forward
-0.47 ms vs 0.54 for the Triton pass, saving forward 0.62 vs 0.85, sweep 0.56 vs 0.77; at K=256 only one consumer
-at one stage fits shared memory, and that is 2.3-2.9x slower than the Triton kernels (see `tuning.mosaic_config`).
+0.47 ms vs 0.54 for the Triton pass, saving forward 0.62 vs 0.85, sweep 0.56 vs 0.77; at K=256 one consumer of
+block_v 64 (one stage) is 2.3-2.9x slower than the Triton kernels; two consumers fit there at block_v 32 (all tiles
+then swizzled by 64 bytes), not yet measured (see `tuning.mosaic_config`).
 
 Limits (`supported`): dense rows (one sequence per row: chunk_init/chunk_final of `ops.layout.dense_layout`), chunk
-size 64 (the wgmma M of the [C, C] products), K a multiple of 64 (two consumers: at most 128) and V of consumers *
-block_v, 16-bit operands on the GPU. Interpret mode (CPU) drops the shared-memory tiling/swizzle transforms, which
-the interpreter rejects.
+size 64 (the wgmma M of the [C, C] products), K a multiple of 64, V of consumers * block_v, the tiles within shared
+memory (`smem_bytes`), 16-bit operands on the GPU. Interpret mode (CPU) drops the shared-memory tiling/swizzle
+transforms, which the interpreter rejects.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
-from mdn_jax.pallas.mosaic_common import ROW, products
+from mdn_jax.pallas.mosaic_common import ROW, products, smem_transforms
 
 
 def _row_scales(vec_s, C, block_v):
@@ -233,8 +234,10 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
 
 def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, consumers, interpret):
     """plgpu.kernel over (BH, V / (consumers block_v)) programs with per-warpgroup shared-memory scratch:
-    n_bufs_k [K, block_v] and n_bufs_c [C, block_v] tiles in the operand dtype."""
-    transforms = () if interpret else (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    n_bufs_k [K, block_v] and n_bufs_c [C, block_v] tiles in the operand dtype. All tiles share one swizzle (wgmma
+    takes both operands at one): 128 bytes, or at block_v 32 the 64 of its rows (a [C, 2 block_v] value tile then
+    splits between the consumers at a tile boundary)."""
+    transforms = smem_transforms(min(block_v, 64), jnp.dtype(op).itemsize, interpret)
     smem = lambda *shape: plgpu.SMEM((consumers,) + shape, op, transforms=transforms)  # noqa: E731 - per warpgroup
     scratch = [smem(K, block_v) for _ in range(n_bufs_k)] + [smem(C, block_v) for _ in range(n_bufs_c)]
     threads = dict(num_threads=consumers + 1, thread_name="wg") if consumers > 1 else {}
@@ -243,20 +246,35 @@ def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, c
                         interpret=plgpu.InterpretGPUParams() if interpret else False, **threads)
 
 
-def supported(K: int, V: int, C: int, block_v: int, consumers: int, identity_cols: int = 0) -> bool:
+SMEM_BYTES = 232448  # shared memory a block of an H100/H200 may take (227 KiB)
+_SMEM_SLACK = 1024  # the pipeline's barriers and alignment (544 bytes at K = 256, block_v 32, two stages)
+
+
+def smem_bytes(K: int, C: int, block_v: int, consumers: int, stages: int) -> int:
+    """Shared memory of a pass (any of the three) with 16-bit operands, barriers aside: `stages` chunks of tiles
+    (the [len(VECS), C] vectors and [C] decays in float32, T and attn [C, C], Qb, Kt, P [C, K], the value-side
+    [C, consumers * block_v]) and each consumer's scratch (two [K, block_v] and four [C, block_v] tiles)."""
+    tiles = 4 * (len(VECS) * C + C) + 2 * (2 * C * C + 3 * C * K + C * consumers * block_v)
+    return stages * tiles + consumers * 2 * (2 * K * block_v + 4 * C * block_v)
+
+
+def supported(K: int, V: int, C: int, block_v: int, consumers: int, identity_cols: int = 0, stages: int = 1) -> bool:
     """Whether the kernels take these shapes (dense rows assumed): C = 64, K a multiple of 64, V (the state's
-    columns) and identity_cols (those of `pass_forward_mosaic`'s) of consumers * block_v, block_v a multiple of 64
-    (one 128-byte swizzled row of 16-bit operands); two consumers only up to K = 128 (at K = 256 their tiles and
-    scratch need 330 KB of shared memory, of 227)."""
+    columns) and identity_cols (those of `pass_forward_mosaic`'s) of consumers * block_v, block_v 32 or a multiple
+    of 64 (a row of the 64- or 128-byte swizzle of 16-bit operands), and the tiles within the shared memory of
+    16-bit operands (`smem_bytes`; float32 runs only in interpret mode): at K = 256 two consumers fit at block_v 32
+    and one stage (218 KiB), not at block_v 64 (330 KB)."""
     per_program = consumers * block_v
-    shapes = C == 64 and K % 64 == 0 and block_v % 64 == 0 and V % per_program == 0
-    return shapes and identity_cols % per_program == 0 and (consumers == 1 or (consumers == 2 and K <= 128))
+    shapes = (C == 64 and K % 64 == 0 and (block_v == 32 or block_v % 64 == 0) and consumers in (1, 2)
+              and V % per_program == 0 and identity_cols % per_program == 0)
+    return shapes and smem_bytes(K, C, block_v, consumers, stages) + _SMEM_SLACK <= SMEM_BYTES
 
 
-def _check(K, V, C, block_v, consumers, state_shape, expected, identity_cols=0):
-    if not supported(K, V, C, block_v, consumers, identity_cols) or state_shape != expected:
+def _check(K, V, C, block_v, consumers, stages, state_shape, expected, identity_cols=0):
+    if not supported(K, V, C, block_v, consumers, identity_cols, stages) or state_shape != expected:
         raise ValueError(f"Mosaic pass limits: K={K}, V={V}, chunk={C}, block_v={block_v}, consumers={consumers}, "
-                         f"identity_cols={identity_cols}, states {state_shape} (dense rows: expected {expected})")
+                         f"stages={stages}, identity_cols={identity_cols}, states {state_shape} (dense rows: "
+                         f"expected {expected})")
 
 
 def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64, stages=1, consumers=2,
@@ -278,7 +296,7 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
     cols = identity_cols + V
     if identity_cols and save:
         raise ValueError(f"identity_cols={identity_cols} needs save=False")
-    _check(K, cols, C, block_v, consumers, s0.shape, (B, HV, K, cols), identity_cols)
+    _check(K, cols, C, block_v, consumers, stages, s0.shape, (B, HV, K, cols), identity_cols)
     op = kt.dtype
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct(s0.shape, jnp.float32),
                 jax.ShapeDtypeStruct(m0.shape, jnp.float32))
@@ -303,7 +321,7 @@ def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, st
     B, Tp, HV, K = kt.shape
     V = do.shape[-1]
     BH, NC, C = local.t.shape[:3]
-    _check(K, V, C, block_v, consumers, gfs.shape, (B, HV, K, V))
+    _check(K, V, C, block_v, consumers, stages, gfs.shape, (B, HV, K, V))
     op = kt.dtype
     out_type = (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
                 jax.ShapeDtypeStruct((BH, NC, C, V), op), jax.ShapeDtypeStruct(gfs.shape, jnp.float32),

@@ -9,7 +9,8 @@ of `chunk_grads`), `MDN_LOCAL_VJP_BLOCK_K`, `MDN_LOCAL_VJP_BLOCK_V`, `MDN_LOCAL_
 `MDN_GRADS_KERNEL` picks the pass cotangents' implementation (`grads_kernel`: mosaic, triton or xla),
 `MDN_LOCAL_VJP_KERNEL=0` the chunk-local VJP as XLA products instead of the kernel of `chunk_local_bwd` and
 `MDN_GATE_VJP_KERNEL=0` the gate-coefficient VJP by XLA's autodiff instead of the kernel of `gate_vjp` (for
-side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language (see `mosaic_config`);
+side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language and `MDN_MOSAIC_BLOCK_V`,
+`MDN_MOSAIC_STAGES`, `MDN_MOSAIC_CONSUMERS` the Mosaic passes' configuration (see `mosaic_config`);
 `MDN_PREP_FWD_KERNEL`, `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's kernels
 (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`);
@@ -103,6 +104,7 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
 
 
 _MOSAIC = MosaicConfig(block_v=64, stages=1, consumers=2)
+_MOSAIC_WIDE_K = MosaicConfig(block_v=32, stages=1, consumers=2)  # K > 128: what fits shared memory with two consumers
 
 
 def has_wgmma() -> bool:
@@ -122,13 +124,17 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     operands at K = 128 with enough programs: H200, S400 (h200_2026-12-02_0bbac19), block_v 64, two consumer
     warpgroups, one stage: forward pass 0.47 ms vs 0.54 (Triton), saving pass 0.62 vs 0.85, reverse sweep 0.56 vs
     0.77. At K = 256 only one consumer at one stage fits shared memory: 3.74 / 4.14 / 5.65 ms vs 1.63 / 2.55 / 1.96
-    (Triton). With few programs (rows * V / block_v < `_FEW_PROGRAMS`, e.g. one long sequence) the Triton passes
-    split V finer.
+    (Triton); two consumers fit at block_v 32 (`_MOSAIC_WIDE_K`, `mosaic_pass.smem_bytes`), not yet measured
+    on the GPU, so 'auto' keeps the Triton passes at K != 128. With few programs (rows * V / block_v <
+    `_FEW_PROGRAMS`, e.g. one long sequence) the Triton passes split V finer. Env MDN_MOSAIC_BLOCK_V,
+    MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the configuration's fields (for tuning runs).
     """
     mode = os.environ.get("MDN_MOSAIC", "auto")
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"MDN_MOSAIC must be 'auto', '0' or '1', got {mode!r}")
-    cfg = _MOSAIC
+    base = _MOSAIC if K <= 128 else _MOSAIC_WIDE_K
+    cfg = MosaicConfig(block_v=_env("MDN_MOSAIC_BLOCK_V", base.block_v), stages=_env("MDN_MOSAIC_STAGES", base.stages),
+                       consumers=_env("MDN_MOSAIC_CONSUMERS", base.consumers))
     sixteen_bit = jnp.dtype(op_dtype).itemsize == 2  # wgmma operands (float32 only in interpret mode)
     if mode == "0" or not dense or not (sixteen_bit or interpret):
         return None
