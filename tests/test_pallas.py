@@ -17,7 +17,7 @@ import pytest
 from mdn_jax.ops import momentum_delta_rule, momentum_delta_rule_step
 from mdn_jax.ops.chunked import prepare_chunks
 from mdn_jax.ops.core import CoreInputs
-from mdn_jax.pallas import common, core, mosaic_grads, mosaic_pass, tuning
+from mdn_jax.pallas import common, core, mosaic_grads, mosaic_pass, seq_split, start_response, tuning
 from mdn_jax.pallas.chunk_grads import pass_cotangents, pass_cotangents_xla
 from mdn_jax.pallas.chunk_local import VECS, chunk_local
 from mdn_jax.pallas.chunk_local_bwd import local_stage_vjp_kernel
@@ -403,34 +403,76 @@ def test_interpret_mosaic_switch_keeps_triton_for_packed_sequences(monkeypatch):
 
 
 def _count_split_calls(monkeypatch):
-    """The segment counts of the traced calls of the sequence-split forward (`mdn_jax.pallas.seq_split`)."""
-    calls, real = [], core.split_forward
+    """The segment counts of the traced calls of the sequence-split forward (`mdn_jax.pallas.seq_split`), with
+    "add" for each traced call of its last step's kernel (`start_response`)."""
+    calls, real, real_add = [], core.split_forward, seq_split.add_start_response
 
     def counted(*args, **kwargs):
         calls.append(kwargs["split"].segments)
         return real(*args, **kwargs)
 
+    def counted_add(*args, **kwargs):
+        calls.append("add")
+        return real_add(*args, **kwargs)
+
     monkeypatch.setattr(core, "split_forward", counted)
+    monkeypatch.setattr(seq_split, "add_start_response", counted_add)
     return calls
 
 
-@pytest.mark.parametrize("segments,T,HV,K,V,gates", [(4, 256, 2, 64, 128, ("drift", -0.5)),
-                                                      (2, 250, 4, 64, 128, "random"),
-                                                      (2, 128, 2, 40, 72, ("drift", -1.0))])
-def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates):
+def _start_response_inputs(seed, R, Tg, HV, K2, V, dtype):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+    o = jax.random.normal(keys[0], (R, Tg, HV, V), jnp.float32).astype(dtype)
+    psi = jax.random.normal(keys[1], (R * HV, Tg, K2), jnp.float32).astype(dtype)
+    starts = jax.random.normal(keys[2], (R * HV, K2, V), jnp.float32).astype(dtype)
+    return o, psi, starts
+
+
+def _start_response_xla(o, psi, starts):
+    R, Tg, HV, V = o.shape
+    psi_x = jnp.einsum("rti,riv->rtv", psi.astype(jnp.float32), starts.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST).reshape(R, HV, Tg, V)
+    return o.astype(jnp.float32) + psi_x.transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("R,Tg,HV,K2,V,block_t,block_v,dtype,tol", [
+    (2, 128, 3, 64, 128, 64, 64, jnp.float32, 1e-6), (3, 64, 2, 256, 32, 32, 64, jnp.bfloat16, 1e-2)])
+def test_interpret_start_response_matches_xla(R, Tg, HV, K2, V, block_t, block_v, dtype, tol):
+    """O + Psi x_start by the kernel of `start_response` against XLA's product and add (the blocks tiling each
+    segment row's positions and value columns; block_v clipped to V)."""
+    o, psi, starts = _start_response_inputs(R + V, R, Tg, HV, K2, V, dtype)
+    out = start_response.add_start_response(o, psi, starts, interpret=True, block_t=block_t, block_v=block_v)
+    assert out.dtype == dtype
+    err = rel(out.astype(jnp.float32), _start_response_xla(o, psi, starts))  # NaN fails too
+    assert err < tol, err
+
+
+def test_start_response_rejects_mismatched_shapes():
+    o, psi, starts = _start_response_inputs(1, 2, 64, 2, 32, 64, jnp.float32)
+    with pytest.raises(ValueError, match="disagree"):
+        start_response.add_start_response(o, psi[:, :32], starts, interpret=True)
+    with pytest.raises(ValueError, match="by blocks"):
+        start_response.add_start_response(o, psi, starts, interpret=True, block_t=48)
+
+
+@pytest.mark.parametrize("segments,T,HV,K,V,gates,add_kernel", [(4, 256, 2, 64, 128, ("drift", -0.5), True),
+                                                                 (2, 250, 4, 64, 128, "random", False),
+                                                                 (2, 128, 2, 40, 72, ("drift", -1.0), True)])
+def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates, add_kernel):
     """MDN_SEQ_SPLIT (with MDN_MOSAIC=1: the split's pass is the Mosaic one): the forward as one pass over the
     rows' segments (identity columns, then the segments' recurrence) == 'xla' from a random initial state, with
     grouped value heads, a partial last chunk, and K, V padded to 64, 128 (identity columns on the padded rows of
     the state too); the gradients still come from the unsplit passes. Slowly decaying gates ('drift': alpha =
     exp(-0.01)) carry each segment's start state far into the next. K = 64 here: at K = 128 the interpreter hangs
     on the two-consumer pass with identity columns (without them it runs); the GPU runs K = 128 in
-    test_gpu_seq_split_forward."""
+    test_gpu_seq_split_forward. add_kernel: the last step as the kernel of `start_response`."""
     inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=K, V=V, gates=gates)
     calls = _count_split_calls(monkeypatch)
     monkeypatch.setenv("MDN_MOSAIC", "1")
+    monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", str(int(add_kernel)))
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
         out = run("pallas", inputs, init)
-        assert calls == [segments], calls
+        assert calls == [segments] + ["add"] * add_kernel, calls
         g = grads("pallas", inputs, init)
     what = f"split {segments}"
     assert_close(out, run("xla", inputs, init), 1e-4, what)
@@ -585,15 +627,19 @@ def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch):
 
 
 @gpu
-@pytest.mark.parametrize("segments,expected,gates", [("auto", 8, "random"), ("16", 16, ("drift", -1.0))])
-def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates):
+@pytest.mark.parametrize("segments,expected,gates,add_kernel", [("auto", 8, "random", False),
+                                                                 ("16", 16, ("drift", -1.0), False),
+                                                                 ("auto", 8, ("drift", -1.0), True)])
+def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates, add_kernel):
     """One long row per head pair (B=1, H=2, T=8192, S400's K and V, bf16): the forward split along the sequence
-    (auto: 8 segments of 16 chunks; 16 of 8, slowly decaying gates) against the fp32 reference."""
+    (auto: 8 segments of 16 chunks; 16 of 8, slowly decaying gates) against the fp32 reference; add_kernel: the
+    last step as the kernel of `start_response`."""
     inputs, init, ref_inputs = _gpu_case(37, 8192, 128, 256, jnp.bfloat16, B=1, H=2, gates=gates)
     calls = _count_split_calls(monkeypatch)
+    monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", str(int(add_kernel)))
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
         out = run("pallas", inputs, init)
-    assert calls == [expected], calls
+    assert calls == [expected] + ["add"] * add_kernel, calls
     assert_close(out, run("xla", ref_inputs, init), 1e-2, f"split {segments}")
 
 

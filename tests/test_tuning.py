@@ -131,3 +131,10 @@ def test_seq_split_env(monkeypatch):
     monkeypatch.setenv("MDN_SEQ_SPLIT", "3")
     with pytest.raises(ValueError, match="divide the 64 chunks"):
         tuning.seq_split_segments(6, 64, 128, 256, dense=True)
+
+
+def test_split_add_kernel_switch(monkeypatch):
+    monkeypatch.delenv("MDN_SPLIT_ADD_KERNEL", raising=False)
+    assert tuning.split_add_kernel() is False  # XLA's product and add until the kernel is measured
+    monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", "1")
+    assert tuning.split_add_kernel() is True

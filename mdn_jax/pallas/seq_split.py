@@ -22,15 +22,18 @@ from jax import lax
 
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic
+from mdn_jax.pallas.start_response import add_start_response
 from mdn_jax.pallas.tuning import BlockConfig
 
 
 class SplitConfig(NamedTuple):
-    """How `split_forward` runs: segments per row and the configuration of its pass over 2K + V columns (its
-    `mosaic` field set: the split runs only with the Mosaic GPU pass)."""
+    """How `split_forward` runs: segments per row, the configuration of its pass over 2K + V columns (its
+    `mosaic` field set: the split runs only with the Mosaic GPU pass) and whether O + Psi x_start is the kernel
+    of `start_response` (else XLA's product and add; `tuning.split_add_kernel`)."""
 
     segments: int
     cfg: BlockConfig
+    add_kernel: bool = False
 
 
 def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dtype, interpret, split: SplitConfig):
@@ -58,6 +61,10 @@ def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dt
         starts.append(x)
         x = jnp.einsum("bhij,bhjv->bhiv", phi[:, g], x, precision=lax.Precision.HIGHEST) + x_local[:, g]
     starts = jnp.stack(starts, axis=1).astype(o.dtype)  # [B, G, HV, 2K, V]: operand dtype, as the pass reads S, M
+    if split.add_kernel:
+        o = add_start_response(o.reshape(B * G, Tg, HV, V), psi, starts.reshape(B * G * HV, 2 * K, V),
+                               interpret=interpret)
+        return o.reshape(B, Tp, HV, V), x[..., :K, :], x[..., K:, :]
     sixteen_bit = jnp.dtype(o.dtype).itemsize == 2  # else about float32, as the pass's own products
     psi_x = jnp.einsum("bghti,bghiv->bghtv", psi.reshape(B, G, HV, Tg, 2 * K), starts, preferred_element_type=acc,
                        precision=None if sixteen_bit else lax.Precision.HIGHEST)

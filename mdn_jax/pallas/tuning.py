@@ -14,7 +14,8 @@ side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language an
 `MDN_PREP_FWD_KERNEL`, `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's kernels
 (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`);
-`MDN_SEQ_SPLIT` the forward's sequence split for few long rows (`seq_split_segments`).
+`MDN_SEQ_SPLIT` the forward's sequence split for few long rows (`seq_split_segments`), `MDN_SPLIT_ADD_KERNEL` its
+last step's kernel (`split_add_kernel`).
 """
 
 from __future__ import annotations
@@ -172,6 +173,13 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
 
 
 _SPLIT_ROWS, _SPLIT_MIN_CHUNKS = 24, 16
+
+
+def split_add_kernel() -> bool:
+    """Whether the sequence split adds Psi x_start to its outputs with the kernel of `start_response` (env
+    MDN_SPLIT_ADD_KERNEL=1) or with XLA's product and add (0, the default until the kernel is measured on the
+    GPU)."""
+    return _env("MDN_SPLIT_ADD_KERNEL", 0) != 0
 
 
 def grads_config() -> KernelBlocks:
