@@ -10,8 +10,11 @@
 # (their compiles are CPU-bound; those processes' times, authors_warm_<case>.log, are contended and not used), within
 # AUTHORS_WARM_TIMEOUT; AUTHORS_TIMEOUT=0 skips the timed run, e.g. to time on the warm cache in the next call),
 # AB (bench_ab.py's interleaved timing, for differences of 1-3%: ';'-separated variants; AB_CASE, default S400;
-# AB_BWD=1 for forward+backward; AB_ROUNDS, default 15; AB_TIMEOUT). Writes under $OUT: device.txt, stages.log,
-# profile.log, variants.log, ab.log and ab_<case>_<mode>.json, gpu_tests.log, bench.log, bench_ops.{json,md}.
+# AB_BWD=1 for forward+backward; AB_ROUNDS, default 15; AB_TIMEOUT), MOSAIC_CONFIGS (experiments/mosaic_pass.py: the
+# Mosaic passes' configurations block_v:stages:consumers, comma-separated, each mode timed beside the Triton kernel;
+# MOSAIC_CASES, default 1.3B; MOSAIC_TIMEOUT). Writes under $OUT: device.txt, stages.log, profile.log, variants.log,
+# ab.log and ab_<case>_<mode>.json, mosaic_pass.log and mosaic_pass.json, gpu_tests.log, bench.log,
+# bench_ops.{json,md}.
 # The whole GPU suite: TEST_ARGS="-n 4" TEST_TIMEOUT=470 FLA_BG=1 FLA_TIMEOUT=470 (473 s at daaf98b; "-n 6" beside
 # the FLA test was slower: 31 of the 47 kernel tests within 390 s at c93f180).
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -32,6 +35,10 @@ if [ -n "${AB:-}" ]; then
   timeout ${AB_TIMEOUT:-150} python3 experiments/bench_ab.py --case ${AB_CASE:-S400} --rounds ${AB_ROUNDS:-15} \
     $([ "${AB_BWD:-0}" = 1 ] && echo --backward) --variants "$AB" --out "$OUT" 2>&1 | grep -E '^\{|Error' \
     | tee "$OUT/ab.log"
+fi
+if [ -n "${MOSAIC_CONFIGS:-}" ]; then
+  timeout ${MOSAIC_TIMEOUT:-240} python3 experiments/mosaic_pass.py --cases ${MOSAIC_CASES:-1.3B} \
+    --configs "$MOSAIC_CONFIGS" --out "$OUT" 2>&1 | grep -E '^\{|Error' | tee "$OUT/mosaic_pass.log"
 fi
 fla_pid=
 if [ "${FLA_BG:-0}" = 1 ]; then  # the FLA parity test (Triton autotuning: minutes) beside the kernel tests

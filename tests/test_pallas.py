@@ -447,6 +447,15 @@ def test_interpret_start_response_matches_xla(R, Tg, HV, K2, V, block_t, block_v
     assert err < tol, err
 
 
+@gpu
+def test_gpu_start_response_matches_xla():
+    """The kernel at the split's S400 T=32768 shapes (4 segments of 8192 positions, 6 heads, 2K = 256, V = 256)."""
+    o, psi, starts = _start_response_inputs(3, 4, 8192, 6, 256, 256, jnp.bfloat16)
+    out = jax.jit(functools.partial(start_response.add_start_response, interpret=False))(o, psi, starts)
+    err = rel(out.astype(jnp.float32), _start_response_xla(o, psi, starts))
+    assert err < 1e-2, err
+
+
 def test_start_response_rejects_mismatched_shapes():
     o, psi, starts = _start_response_inputs(1, 2, 64, 2, 32, 64, jnp.float32)
     with pytest.raises(ValueError, match="disagree"):
