@@ -106,7 +106,7 @@ def test_sweep_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consu
 
 @pytest.mark.parametrize("K,V,block_v,stages,consumers", [
     (128, 256, 64, 2, 2), (256, 512, 64, 1, 2), (256, 512, 32, 2, 2), (256, 512, 32, 1, 2), (128, 256, 64, 1, 2),
-    (128, 256, 128, 2, 1), (256, 512, 32, 2, 1), (128, 256, 32, 2, 1)])
+    (128, 256, 128, 2, 1), (256, 512, 32, 2, 1), (128, 256, 32, 2, 1), (128, 256, 32, 2, 2)])
 def test_shared_memory_estimate_agrees_with_the_lowering(monkeypatch, K, V, block_v, stages, consumers):
     """`supported`'s shared-memory estimate (`smem_bytes`) against Mosaic GPU's own count at lowering, on either
     side of the limit: what it refuses (with the limits named) is what the lowering rejects, what it takes lowers."""
