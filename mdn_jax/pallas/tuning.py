@@ -128,7 +128,8 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     (Triton); two consumers fit at block_v 32 (`_MOSAIC_WIDE_K`, `mosaic_pass.smem_bytes`), not yet measured
     on the GPU, so 'auto' keeps the Triton passes at K != 128. With few programs (rows * V / block_v <
     `_FEW_PROGRAMS`, e.g. one long sequence) the Triton passes split V finer. Env MDN_MOSAIC_BLOCK_V,
-    MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the configuration's fields (for tuning runs).
+    MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the configuration's fields (for tuning runs; a configuration
+    outside `mosaic_pass.supported` at the op's shapes leaves the Triton passes, as every shape outside it does).
     """
     mode = os.environ.get("MDN_MOSAIC", "auto")
     if mode not in ("auto", "0", "1"):
