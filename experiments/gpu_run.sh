@@ -9,8 +9,8 @@
 # AUTHORS_WARM="1.3B S400-T32768": first compile their configs for each of these cases in its own process, side by side
 # (their compiles are CPU-bound; those processes' times, authors_warm_<case>.log, are contended and not used), within
 # AUTHORS_WARM_TIMEOUT; AUTHORS_TIMEOUT=0 skips the timed run, e.g. to time on the warm cache in the next call),
-# AB (bench_ab.py's interleaved timing, for differences of 1-3%: ';'-separated variants; AB_CASE, default S400;
-# AB_BWD=1 for forward+backward; AB_ROUNDS, default 15; AB_TIMEOUT), MOSAIC_CONFIGS (experiments/mosaic_pass.py: the
+# AB (bench_ab.py's interleaved timing, for differences of 1-3%: ';'-separated variants; AB_CASE: space-separated cases, default S400;
+# AB_BWD=1 for forward+backward; AB_ROUNDS, default 15; AB_TIMEOUT, per case), MOSAIC_CONFIGS (experiments/mosaic_pass.py: the
 # Mosaic passes' configurations block_v:stages:consumers, comma-separated, each mode timed beside the Triton kernel;
 # MOSAIC_CASES, default 1.3B; MOSAIC_TIMEOUT). Writes under $OUT: device.txt, stages.log, profile.log, variants.log,
 # ab.log and ab_<case>_<mode>.json, mosaic_pass.log and mosaic_pass.json, gpu_tests.log, bench.log,
@@ -32,9 +32,11 @@ if [ -n "${VARIANTS:-}" ]; then
     | grep -E '^\{|Error' | tee "$OUT/variants.log"
 fi
 if [ -n "${AB:-}" ]; then
-  timeout ${AB_TIMEOUT:-150} python3 experiments/bench_ab.py --case ${AB_CASE:-S400} --rounds ${AB_ROUNDS:-15} \
-    $([ "${AB_BWD:-0}" = 1 ] && echo --backward) --variants "$AB" --out "$OUT" 2>&1 | grep -E '^\{|Error' \
-    | tee "$OUT/ab.log"
+  for case in ${AB_CASE:-S400}; do
+    timeout ${AB_TIMEOUT:-150} python3 experiments/bench_ab.py --case "$case" --rounds ${AB_ROUNDS:-15} \
+      $([ "${AB_BWD:-0}" = 1 ] && echo --backward) --variants "$AB" --out "$OUT" 2>&1 | grep -E '^\{|Error' \
+      | tee -a "$OUT/ab.log"
+  done
 fi
 if [ -n "${MOSAIC_CONFIGS:-}" ]; then
   timeout ${MOSAIC_TIMEOUT:-240} python3 experiments/mosaic_pass.py --cases ${MOSAIC_CASES:-1.3B} \
