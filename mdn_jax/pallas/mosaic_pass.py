@@ -232,14 +232,17 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
 
 
-def _launch(kernel, out_type, n_bufs_k, n_bufs_c, K, C, BH, V, op, *, block_v, consumers, interpret):
+_K_BUFS, _C_BUFS = 2, 4  # each consumer's scratch tiles: [K, block_v] (S, M or lS, lM) and [C, block_v]
+
+
+def _launch(kernel, out_type, K, C, BH, V, op, *, block_v, consumers, interpret):
     """plgpu.kernel over (BH, V / (consumers block_v)) programs with per-warpgroup shared-memory scratch:
-    n_bufs_k [K, block_v] and n_bufs_c [C, block_v] tiles in the operand dtype. All tiles share one swizzle (wgmma
+    _K_BUFS [K, block_v] and _C_BUFS [C, block_v] tiles in the operand dtype. All tiles share one swizzle (wgmma
     takes both operands at one): 128 bytes, or at block_v 32 the 64 of its rows (a [C, 2 block_v] value tile then
     splits between the consumers at a tile boundary)."""
     transforms = smem_transforms(min(block_v, 64), jnp.dtype(op).itemsize, interpret)
     smem = lambda *shape: plgpu.SMEM((consumers,) + shape, op, transforms=transforms)  # noqa: E731 - per warpgroup
-    scratch = [smem(K, block_v) for _ in range(n_bufs_k)] + [smem(C, block_v) for _ in range(n_bufs_c)]
+    scratch = [smem(K, block_v) for _ in range(_K_BUFS)] + [smem(C, block_v) for _ in range(_C_BUFS)]
     threads = dict(num_threads=consumers + 1, thread_name="wg") if consumers > 1 else {}
     return plgpu.kernel(functools.partial(kernel, transforms=transforms), out_type=out_type, scratch_types=scratch,
                         grid=(BH, V // (consumers * block_v)), grid_names=("bh", "vb"),
@@ -253,9 +256,9 @@ _SMEM_SLACK = 1024  # the pipeline's barriers and alignment (544 bytes at K = 25
 def smem_bytes(K: int, C: int, block_v: int, consumers: int, stages: int) -> int:
     """Shared memory of a pass (any of the three) with 16-bit operands, barriers aside: `stages` chunks of tiles
     (the [len(VECS), C] vectors and [C] decays in float32, T and attn [C, C], Qb, Kt, P [C, K], the value-side
-    [C, consumers * block_v]) and each consumer's scratch (two [K, block_v] and four [C, block_v] tiles)."""
+    [C, consumers * block_v]) and each consumer's scratch (`_launch`'s)."""
     tiles = 4 * (len(VECS) * C + C) + 2 * (2 * C * C + 3 * C * K + C * consumers * block_v)
-    return stages * tiles + consumers * 2 * (2 * K * block_v + 4 * C * block_v)
+    return stages * tiles + consumers * 2 * (_K_BUFS * K * block_v + _C_BUFS * C * block_v)
 
 
 def supported(K: int, V: int, C: int, block_v: int, consumers: int, identity_cols: int = 0, stages: int = 1) -> bool:
@@ -307,7 +310,7 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
                      jax.ShapeDtypeStruct((BH, NC, C, V), op))
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
                                consumers=consumers, save=save, identity_cols=identity_cols)
-    call = _launch(kernel, out_type, 2, 4, K, C, BH, cols, op, block_v=block_v, consumers=consumers,
+    call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers,
                    interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
 
@@ -328,6 +331,6 @@ def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, st
                 jax.ShapeDtypeStruct(gfm.shape, jnp.float32))
     kernel = functools.partial(_sweep_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
                                consumers=consumers)
-    call = _launch(kernel, out_type, 2, 4, K, C, BH, V, op, block_v=block_v, consumers=consumers,
+    call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers,
                    interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, do.astype(op), gfs, gfm)
