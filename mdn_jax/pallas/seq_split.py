@@ -22,7 +22,7 @@ from jax import lax
 
 from mdn_jax.pallas.chunk_local import chunk_local
 from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic
-from mdn_jax.pallas.start_response import add_start_response
+from mdn_jax.pallas.start_response import add_start_response, add_start_response_xla
 from mdn_jax.pallas.tuning import BlockConfig
 
 
@@ -61,12 +61,9 @@ def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dt
         starts.append(x)
         x = jnp.einsum("bhij,bhjv->bhiv", phi[:, g], x, precision=lax.Precision.HIGHEST) + x_local[:, g]
     starts = jnp.stack(starts, axis=1).astype(o.dtype)  # [B, G, HV, 2K, V]: operand dtype, as the pass reads S, M
+    o, starts = o.reshape(B * G, Tg, HV, V), starts.reshape(B * G * HV, 2 * K, V)
     if split.add_kernel:
-        o = add_start_response(o.reshape(B * G, Tg, HV, V), psi, starts.reshape(B * G * HV, 2 * K, V),
-                               interpret=interpret)
-        return o.reshape(B, Tp, HV, V), x[..., :K, :], x[..., K:, :]
-    sixteen_bit = jnp.dtype(o.dtype).itemsize == 2  # else about float32, as the pass's own products
-    psi_x = jnp.einsum("bghti,bghiv->bghtv", psi.reshape(B, G, HV, Tg, 2 * K), starts, preferred_element_type=acc,
-                       precision=None if sixteen_bit else lax.Precision.HIGHEST)
-    o = o.reshape(B, G, Tg, HV, V).astype(acc) + psi_x.transpose(0, 1, 3, 2, 4)
-    return o.reshape(B, Tp, HV, V).astype(psi.dtype), x[..., :K, :], x[..., K:, :]
+        o = add_start_response(o, psi, starts, interpret=interpret)
+    else:
+        o = add_start_response_xla(o, psi, starts)
+    return o.reshape(B, Tp, HV, V), x[..., :K, :], x[..., K:, :]

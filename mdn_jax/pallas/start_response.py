@@ -3,10 +3,10 @@ to its start state, O + Psi x_start (`mdn_jax.pallas.seq_split`).
 
 One program per (segment row x value head, block of bt positions) reads a [bt, 2K] tile of Psi (head-major) once
 and, for each block of bv value columns (unrolled), the [2K, bv] start state (from L2: one [2K, V] per segment
-row) and the [bt, bv] tile of O, and writes O + Psi x_start over O (aliased). In XLA the same step is a batched
-product into float32 [.., Tg, V] and a fusion adding it to O through a transpose (H200, T=32768: 0.080 + 0.096
-ms, ~600 MB moved); here Psi and O are read once (~300 MB). Compiled for sm_90a by triton 3.6 at those shapes
-(`experiments/kernel_regs.py`): 128 registers, no spills.
+row) and the [bt, bv] tile of O, and writes O + Psi x_start over O (aliased). In XLA (`add_start_response_xla`,
+the default) the same step is a batched product into float32 [.., Tg, V] and a fusion adding it to O through a
+transpose (H200, T=32768: 0.080 + 0.096 ms, ~600 MB moved); here Psi and O are read once (~300 MB). Compiled for
+sm_90a by triton 3.6 at those shapes (`experiments/kernel_regs.py`): 128 registers, no spills.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
@@ -53,3 +54,14 @@ def add_start_response(o, psi, starts, *, interpret: bool, block_t: int = 64, bl
         input_output_aliases={0: 0}, interpret=interpret,
         compiler_params=None if interpret else pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
     )(o, psi, starts)
+
+
+def add_start_response_xla(o, psi, starts):
+    """`add_start_response` as XLA's batched product (float32, about float32 for float32 operands as the pass's
+    own products) and add."""
+    R, Tg, HV, V = o.shape
+    acc = jnp.float64 if o.dtype == jnp.float64 else jnp.float32
+    sixteen_bit = jnp.dtype(o.dtype).itemsize == 2
+    psi_x = jnp.einsum("rti,riv->rtv", psi, starts, preferred_element_type=acc,
+                       precision=None if sixteen_bit else lax.Precision.HIGHEST)
+    return (o.astype(acc) + psi_x.reshape(R, HV, Tg, V).transpose(0, 2, 1, 3)).astype(o.dtype)
