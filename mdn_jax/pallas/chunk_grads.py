@@ -83,7 +83,7 @@ def pass_cotangents(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads,
     block_k, block_v = min(block_k, K), min(block_v, V)
     nkb = K // block_k
     op_dtype = n.dtype
-    acc = jnp.float64 if op_dtype == jnp.float64 else jnp.float32
+    acc = common.acc_dtype(op_dtype)
     kernel = functools.partial(_grads_kernel, num_heads=num_heads, block_k=block_k, block_v=block_v,
                                precision=common.dot_precision(op_dtype, interpret))
     ck = jax.ShapeDtypeStruct((BH, NC, C, K), op_dtype)
@@ -98,7 +98,7 @@ def pass_cotangents(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads,
 def pass_cotangents_xla(a, b, qb, do, dn, n, s_start, m_start, ls, lm, *, num_heads):
     """`pass_cotangents` in batched XLA products (same arguments and results)."""
     BH, NC, C, V = n.shape
-    acc = jnp.float64 if n.dtype == jnp.float64 else jnp.float32
+    acc = common.acc_dtype(n.dtype)
     do, qb = to_rows(do, C), to_rows(qb, C)
     mm = functools.partial(jnp.einsum, precision="highest", preferred_element_type=acc)
     g_s = mm("bncv,bnkv->bnck", do, s_start)

@@ -112,7 +112,7 @@ def chunk_local(qb, kt, p, log_alpha, log_mu, beta, *, chunk, op_dtype, interpre
     B, Tp, HV, K = kt.shape
     BH, NC, C = B * HV, Tp // chunk, chunk
     op_dtype = jnp.dtype(op_dtype)
-    acc = jnp.float64 if op_dtype == jnp.float64 else jnp.float32
+    acc = common.acc_dtype(op_dtype)
     qb, kt, p = (x.astype(op_dtype) for x in (qb, kt, p))
     grid, stages = (BH, NC), tuning.num_stages("local", K, op_dtype)
     gate_precision = gates.gate_precision(op_dtype, interpret)

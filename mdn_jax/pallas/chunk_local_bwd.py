@@ -115,7 +115,7 @@ def local_stage_vjp_kernel(res, cot, chunk, op_dtype, *, interpret, block_k=32, 
     B, Tp, HV, K = qb_in.shape
     V = v_in.shape[-1]
     BH, NC, C = B * HV, Tp // chunk, chunk
-    acc = jnp.float64 if jnp.dtype(op_dtype) == jnp.float64 else jnp.float32
+    acc = common.acc_dtype(op_dtype)
     block_k, block_v = min(block_k, K), min(block_v, V)
     kernel = functools.partial(_local_bwd_kernel, num_heads=HV, block_k=block_k, block_v=block_v,
                                precision=common.dot_precision(jnp.dtype(op_dtype), interpret))

@@ -37,6 +37,11 @@ def scalars_vector(n, *xs):
     return out
 
 
+def acc_dtype(dtype):
+    """The accumulation dtype of operands of `dtype`: float64 for float64 (interpret mode), else float32."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
 def storage_dtype(op_dtype, acc_dtype):
     return op_dtype if op_dtype in (jnp.bfloat16, jnp.float16) else acc_dtype
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mdn_jax.ops.chunked import _product, chunk_coeffs, shift_down
+from mdn_jax.pallas import common
 
 
 def to_rows(x, chunk):
@@ -62,7 +63,7 @@ def local_stage_vjp(res, cot, chunk, op_dtype):
     qb_in, kt_in, p_in, v_in, log_alpha, log_mu, beta, t = res
     ga, gb, gdecay, gqb, gattn, gu, gy, gz, gkg, gkr = cot
     B, Tp, HV, _ = qb_in.shape
-    f32 = jnp.float64 if jnp.dtype(op_dtype) == jnp.float64 else jnp.float32
+    f32 = common.acc_dtype(op_dtype)
     mm = _product(None if jnp.dtype(op_dtype) in (jnp.float32, jnp.float64) else op_dtype)
     qb, kt, p, v = (to_rows(x, chunk).astype(f32) for x in (qb_in, kt_in, p_in, v_in))
     gattn, gu, gy, gz, gkg, gkr, gqb = (g.astype(f32) for g in (gattn, gu, gy, gz, gkg, gkr, gqb))

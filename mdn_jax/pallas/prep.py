@@ -31,10 +31,6 @@ from mdn_jax.ops.api import L2_EPS, l2norm
 from mdn_jax.pallas import common, tuning
 
 
-def _acc(dtype):
-    return jnp.float64 if dtype == jnp.float64 else jnp.float32
-
-
 def _unit(x):
     """(x / sqrt(|x|^2 + eps), 1 / sqrt(|x|^2 + eps)) over the last axis."""
     r = lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + L2_EPS)
@@ -44,7 +40,7 @@ def _unit(x):
 def _vjp_rows(q, k, log_alpha, eta, dqb, dkt, dp, scale):
     """The backward on rows: q, k, dqb, dkt, dp [R, K]; log_alpha, eta [R] -> dq, dk [R, K], dlog_alpha, deta
     [R] in float32 (float64 for float64 q) (jnp: the kernel's body and the fallback)."""
-    f32 = _acc(q.dtype)
+    f32 = common.acc_dtype(q.dtype)
     yq, rq = _unit(q.astype(f32))
     gq = scale * dqb.astype(f32)
     dq = rq * (gq - yq * jnp.sum(yq * gq, axis=-1, keepdims=True))
@@ -88,7 +84,7 @@ def _forward(q, k, log_alpha, eta, scale, interpret):
 def _forward_rows(q, k, log_alpha, eta, scale):
     """The forward on rows (or any leading axes): q, k [..., K]; log_alpha, eta [...] -> qb, kt, p [..., K] in
     q's dtype (jnp: the kernel's body and the fallback)."""
-    f32 = _acc(q.dtype)
+    f32 = common.acc_dtype(q.dtype)
     yq, yk = l2norm(q.astype(f32)), l2norm(k.astype(f32))
     alpha = jnp.exp(log_alpha.astype(f32))[..., None]
     out = q.dtype
@@ -123,7 +119,7 @@ def _prepare_bwd(scale, interpret, res, cot):
     cfg = tuning.prep_config()
     args = (flat(q), flat(k), log_alpha.reshape(R), eta.reshape(R)) + tuple(flat(c) for c in cot)
     if cfg.use_kernel and _kernel_fits(R, K, cfg.block_rows):
-        f32 = _acc(q.dtype)
+        f32 = common.acc_dtype(q.dtype)
         out_shape = (jax.ShapeDtypeStruct((R, K), q.dtype), jax.ShapeDtypeStruct((R, K), k.dtype),
                      jax.ShapeDtypeStruct((R,), f32), jax.ShapeDtypeStruct((R,), f32))
         kernel = functools.partial(_bwd_kernel, block_rows=cfg.block_rows, scale=scale)

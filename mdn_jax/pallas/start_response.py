@@ -26,7 +26,7 @@ def _start_response_kernel(o_ref, psi_ref, x_ref, out_ref, *, num_heads, block_t
     r, j = pl.program_id(0), pl.program_id(1)
     seg, head = r // num_heads, r % num_heads
     ts = pl.ds(j * block_t, block_t)
-    acc = jnp.float64 if o_ref.dtype == jnp.float64 else jnp.float32
+    acc = common.acc_dtype(o_ref.dtype)
     psi = psi_ref[r, ts, :]  # read once for all value blocks
     for vb in range(o_ref.shape[-1] // block_v):
         vs = pl.ds(vb * block_v, block_v)
@@ -60,7 +60,7 @@ def add_start_response_xla(o, psi, starts):
     """`add_start_response` as XLA's batched product (float32, about float32 for float32 operands as the pass's
     own products) and add."""
     R, Tg, HV, V = o.shape
-    acc = jnp.float64 if o.dtype == jnp.float64 else jnp.float32
+    acc = common.acc_dtype(o.dtype)
     sixteen_bit = jnp.dtype(o.dtype).itemsize == 2
     psi_x = jnp.einsum("rti,riv->rtv", psi, starts, preferred_element_type=acc,
                        precision=None if sixteen_bit else lax.Precision.HIGHEST)
