@@ -73,6 +73,7 @@ def _env(name: str, default) -> int:
     return int(os.environ.get(name, default))
 
 
+_MIN_BLOCK_V = 16  # the Triton passes' smallest block of V columns (`block_config`)
 _FEW_PROGRAMS = 128  # about the SM count of an H100/H200 (132): fewer programs than this leave SMs idle
 
 
@@ -91,8 +92,8 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
     """
     del chunk_size
 
-    def fill(block):  # halve the block (down to 16) while the pass would have too few programs
-        while block > 16 and rows * V // block < _FEW_PROGRAMS:
+    def fill(block):  # halve the block (down to _MIN_BLOCK_V) while the pass would have too few programs
+        while block > _MIN_BLOCK_V and rows * V // block < _FEW_PROGRAMS:
             block //= 2
         return block
 
@@ -150,13 +151,13 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
 
     Env MDN_SEQ_SPLIT: 'auto' (default) or a number of segments (1: never split; it must divide the chunks of a
     row). The split runs only where its pass would be the Mosaic GPU one (`mosaic_config` for the G times as many
-    rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows only where the pass
-    alone has too few programs even at block_v 16 (rows * V / 16 < `_FEW_PROGRAMS`): into the fewest
-    power-of-two segments that give at least `_SPLIT_ROWS` segment rows, each of at least `_SPLIT_MIN_CHUNKS`
-    chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks), interleaved: forward 1.476 ms with 4 segments, 1.485
-    with 16, 1.683 unsplit (experiments/results/h200_2026-12-04_362b8f1); in the first version (zeros
-    concatenated to v, h200_2026-12-04_816090b) 8 segments were slower than 4 and 16 (1.662 vs 1.610, 1.612) and
-    32 far slower (1.891); S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs 0.567).
+    rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows only where the pass alone
+    has too few programs even at the Triton passes' smallest block (rows * V / `_MIN_BLOCK_V` < `_FEW_PROGRAMS`):
+    into the fewest power-of-two segments that give at least `_SPLIT_ROWS` segment rows, each of at least
+    `_SPLIT_MIN_CHUNKS` chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks), interleaved: forward 1.476 ms with
+    4 segments, 1.485 with 16, 1.683 unsplit (experiments/results/h200_2026-12-04_362b8f1); in the first version
+    (zeros concatenated to v, h200_2026-12-04_816090b) 8 segments were slower than 4 and 16 (1.662 vs 1.610, 1.612)
+    and 32 far slower (1.891); S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs 0.567).
     """
     mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
     if mode != "auto":
@@ -164,7 +165,7 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
         if segments < 1 or num_chunks % segments:
             raise ValueError(f"MDN_SEQ_SPLIT={segments} must be >= 1 and divide the {num_chunks} chunks of a row")
         return segments if dense else 1
-    if not dense or rows * V // 16 >= _FEW_PROGRAMS:
+    if not dense or rows * V // _MIN_BLOCK_V >= _FEW_PROGRAMS:
         return 1
     segments = 1
     while rows * segments < _SPLIT_ROWS and num_chunks % (2 * segments) == 0 \
