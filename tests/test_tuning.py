@@ -45,8 +45,11 @@ def test_mosaic_passes_for_dense_s400_on_the_gpu_only(monkeypatch):
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=True) is None
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=False, interpret=False) is None  # cu_seqlens
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.float32, dense=True, interpret=False) is None
-    assert tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False) is None  # not measured
+    wide = tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False)  # 1.3B
+    assert wide == tuning.MosaicConfig(block_v=32, stages=1, consumers=2)
+    assert tuning.mosaic_config(64, 128, 8 * 6, jnp.bfloat16, dense=True, interpret=False) is None  # not measured
     assert tuning.mosaic_config(128, 256, 6, jnp.bfloat16, dense=True, interpret=False) is None  # few programs
+    assert tuning.mosaic_config(256, 512, 6, jnp.bfloat16, dense=True, interpret=False) is None
 
 
 def test_mosaic_env_switch(monkeypatch):
@@ -120,6 +123,7 @@ def test_seq_split_only_for_few_long_dense_rows():
     assert split(24, 64, 128, 256, dense=True) == 1  # S400 at B=4: enough programs unsplit
     assert split(48, 64, 128, 256, dense=True) == 1
     assert split(6, 512, 128, 256, dense=False) == 1  # packed sequences
+    assert split(6, 512, 256, 512, dense=True) == 1  # K = 256: not measured
 
 
 def test_seq_split_env(monkeypatch):
@@ -135,6 +139,6 @@ def test_seq_split_env(monkeypatch):
 
 def test_split_add_kernel_switch(monkeypatch):
     monkeypatch.delenv("MDN_SPLIT_ADD_KERNEL", raising=False)
-    assert tuning.split_add_kernel() is False  # XLA's product and add until the kernel is measured
-    monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", "1")
-    assert tuning.split_add_kernel() is True
+    assert tuning.split_add_kernel() is True  # the kernel won on the GPU
+    monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", "0")
+    assert tuning.split_add_kernel() is False

@@ -125,9 +125,10 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     mode of any: for tests). 'auto' takes them on Hopper GPUs (`has_wgmma`) for dense rows (no cu_seqlens) of 16-bit
     operands at K = 128 with enough programs: H200, S400 (h200_2026-12-02_0bbac19), block_v 64, two consumer
     warpgroups, one stage: forward pass 0.47 ms vs 0.54 (Triton), saving pass 0.62 vs 0.85, reverse sweep 0.56 vs
-    0.77. At K = 256 only one consumer at one stage fits shared memory: 3.74 / 4.14 / 5.65 ms vs 1.63 / 2.55 / 1.96
-    (Triton); two consumers fit at block_v 32 (`_MOSAIC_WIDE_K`, `mosaic_pass.smem_bytes`), not yet measured
-    on the GPU, so 'auto' keeps the Triton passes at K != 128. With few programs (rows * V / block_v <
+    0.77. At K = 256 two consumers fit shared memory at block_v 32, one stage (`_MOSAIC_WIDE_K`,
+    `mosaic_pass.smem_bytes`): H100, 1.3B (B=4, H=6, K=256, V=512), op forward+backward 5.26 ms vs 6.90 with the
+    Triton passes, interleaved (experiments/results/h100_2026-12-05_020ff85). Other K keep the Triton passes
+    (not measured). With few programs (rows * V / block_v <
     `_FEW_PROGRAMS`, e.g. one long sequence) the Triton passes split V finer. Env MDN_MOSAIC_BLOCK_V,
     MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the configuration's fields (for tuning runs; a configuration
     outside `mosaic_pass.supported` at the op's shapes leaves the Triton passes, as every shape outside it does).
@@ -143,7 +144,8 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
         return None
     if mode == "1":
         return cfg
-    return cfg if not interpret and has_wgmma() and K == 128 and rows * V // cfg.block_v >= _FEW_PROGRAMS else None
+    measured = K in (128, 256) and rows * V // cfg.block_v >= _FEW_PROGRAMS
+    return cfg if measured and not interpret and has_wgmma() else None
 
 
 def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: bool) -> int:
@@ -151,10 +153,10 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
 
     Env MDN_SEQ_SPLIT: 'auto' (default) or a number of segments (1: never split; it must divide the chunks of a
     row). The split runs only where its pass would be the Mosaic GPU one (`mosaic_config` for the G times as many
-    rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows only where the pass alone
-    has too few programs even at the Triton passes' smallest block (rows * V / `_MIN_BLOCK_V` < `_FEW_PROGRAMS`):
-    into the fewest power-of-two segments that give at least `_SPLIT_ROWS` segment rows, each of at least
-    `_SPLIT_MIN_CHUNKS` chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks), interleaved: forward 1.476 ms with
+    rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows at K <= 128 (K = 256
+    not measured) only where the pass alone has too few programs even at the Triton passes' smallest block
+    (rows * V / `_MIN_BLOCK_V` < `_FEW_PROGRAMS`): into the fewest power-of-two segments that give at least
+    `_SPLIT_ROWS` segment rows, each of at least `_SPLIT_MIN_CHUNKS` chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks), interleaved: forward 1.476 ms with
     4 segments, 1.485 with 16, 1.683 unsplit (experiments/results/h200_2026-12-04_362b8f1); in the first version
     (zeros concatenated to v, h200_2026-12-04_816090b) 8 segments were slower than 4 and 16 (1.662 vs 1.610, 1.612)
     and 32 far slower (1.891); S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs 0.567).
@@ -165,7 +167,7 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
         if segments < 1 or num_chunks % segments:
             raise ValueError(f"MDN_SEQ_SPLIT={segments} must be >= 1 and divide the {num_chunks} chunks of a row")
         return segments if dense else 1
-    if not dense or rows * V // _MIN_BLOCK_V >= _FEW_PROGRAMS:
+    if not dense or K > 128 or rows * V // _MIN_BLOCK_V >= _FEW_PROGRAMS:
         return 1
     segments = 1
     while rows * segments < _SPLIT_ROWS and num_chunks % (2 * segments) == 0 \
@@ -179,9 +181,9 @@ _SPLIT_ROWS, _SPLIT_MIN_CHUNKS = 24, 16
 
 def split_add_kernel() -> bool:
     """Whether the sequence split adds Psi x_start to its outputs with the kernel of `start_response` (env
-    MDN_SPLIT_ADD_KERNEL=1) or with XLA's product and add (0, the default until the kernel is measured on the
-    GPU)."""
-    return _env("MDN_SPLIT_ADD_KERNEL", 0) != 0
+    MDN_SPLIT_ADD_KERNEL=1, the default) or with XLA's product and add (0). H100, S400 at B=1, T=32768, forward,
+    interleaved: 1.422 ms vs 1.524 (experiments/results/h100_2026-12-05_020ff85)."""
+    return _env("MDN_SPLIT_ADD_KERNEL", 1) != 0
 
 
 def grads_config() -> KernelBlocks:
