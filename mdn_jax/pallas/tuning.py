@@ -153,13 +153,14 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
 
     Env MDN_SEQ_SPLIT: 'auto' (default) or a number of segments (1: never split; it must divide the chunks of a
     row). The split runs only where its pass would be the Mosaic GPU one (`mosaic_config` for the G times as many
-    rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows at K <= 128 (K = 256
-    not measured) only where the pass alone has too few programs even at the Triton passes' smallest block
-    (rows * V / `_MIN_BLOCK_V` < `_FEW_PROGRAMS`): into the fewest power-of-two segments that give at least
-    `_SPLIT_ROWS` segment rows, each of at least `_SPLIT_MIN_CHUNKS` chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks), interleaved: forward 1.476 ms with
-    4 segments, 1.485 with 16, 1.683 unsplit (experiments/results/h200_2026-12-04_362b8f1); in the first version
-    (zeros concatenated to v, h200_2026-12-04_816090b) 8 segments were slower than 4 and 16 (1.662 vs 1.610, 1.612)
-    and 32 far slower (1.891); S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs 0.567).
+    rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows at K <= 128 (K = 256 not
+    measured) only where the pass alone has too few programs even at the Triton passes' smallest block (rows * V /
+    `_MIN_BLOCK_V` < `_FEW_PROGRAMS`): into the fewest power-of-two segments that give at least `_SPLIT_ROWS`
+    segment rows, each of at least `_SPLIT_MIN_CHUNKS` chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks),
+    interleaved: forward 1.476 ms with 4 segments, 1.485 with 16, 1.683 unsplit
+    (experiments/results/h200_2026-12-04_362b8f1); in the first version (zeros concatenated to v,
+    h200_2026-12-04_816090b) 8 segments were slower than 4 and 16 (1.662 vs 1.610, 1.612) and 32 far slower (1.891);
+    S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs 0.567).
     """
     mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
     if mode != "auto":
