@@ -468,13 +468,11 @@ def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates, 
     the state too); the gradients still come from the unsplit passes. Slowly decaying gates ('drift': alpha =
     exp(-0.01)) carry each segment's start state far into the next. K = 64 here: at K = 128 the interpreter hangs
     on the two-consumer pass with identity columns (without them it runs); the GPU runs K = 128 in
-    test_gpu_seq_split_forward. add_kernel: the last step as the kernel of `start_response`; the 4-segment case
-    runs the segments' recurrence as the associative scan."""
+    test_gpu_seq_split_forward. add_kernel: the last step as the kernel of `start_response`."""
     inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=K, V=V, gates=gates)
     calls = _count_split_calls(monkeypatch)
     monkeypatch.setenv("MDN_MOSAIC", "1")
     monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", str(int(add_kernel)))
-    monkeypatch.setenv("MDN_SPLIT_SCAN", "associative" if segments == 4 else "sequential")
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
         out = run("pallas", inputs, init)
         assert calls == [segments] + ["add"] * add_kernel, calls
@@ -485,17 +483,15 @@ def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates, 
 
 
 @pytest.mark.parametrize("G", [1, 3, 8])
-@pytest.mark.parametrize("associative", [False, True])
-def test_segment_starts_match_the_recurrence(G, associative):
+def test_segment_starts_match_the_recurrence(G):
     """`seq_split.segment_starts` against x_{g+1} = Phi_g x_g + x_local_g in NumPy float64, from a random start
     (random contractive Phi, so errors would not hide in a decaying product)."""
     B, HV, n, V = 2, 3, 8, 5
-    rng = np.random.default_rng(G + 10 * associative)
+    rng = np.random.default_rng(G)
     phi = rng.standard_normal((B, G, HV, n, n)) / np.sqrt(n)
     ends = np.concatenate([phi, rng.standard_normal((B, G, HV, n, V))], axis=-1)
     x0 = rng.standard_normal((B, HV, n, V))
-    starts, x_end = seq_split.segment_starts(jnp.asarray(ends, jnp.float32), jnp.asarray(x0, jnp.float32),
-                                             associative=associative)
+    starts, x_end = seq_split.segment_starts(jnp.asarray(ends, jnp.float32), jnp.asarray(x0, jnp.float32))
     x, want = x0, []
     for g in range(G):
         want.append(x)
@@ -664,7 +660,6 @@ def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates, add_kerne
     inputs, init, ref_inputs = _gpu_case(37, 8192, 128, 256, jnp.bfloat16, B=1, H=2, gates=gates)
     calls = _count_split_calls(monkeypatch)
     monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", str(int(add_kernel)))
-    monkeypatch.setenv("MDN_SPLIT_SCAN", "associative" if segments == 4 else "sequential")
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
         out = run("pallas", inputs, init)
     assert calls == [expected] + ["add"] * add_kernel, calls

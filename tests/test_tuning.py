@@ -142,13 +142,3 @@ def test_split_add_kernel_switch(monkeypatch):
     assert tuning.split_add_kernel() is True  # the kernel won on the GPU
     monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", "0")
     assert tuning.split_add_kernel() is False
-
-
-def test_split_scan_switch(monkeypatch):
-    monkeypatch.delenv("MDN_SPLIT_SCAN", raising=False)
-    assert tuning.split_associative() is False
-    monkeypatch.setenv("MDN_SPLIT_SCAN", "associative")
-    assert tuning.split_associative() is True
-    monkeypatch.setenv("MDN_SPLIT_SCAN", "tree")
-    with pytest.raises(ValueError, match="MDN_SPLIT_SCAN"):
-        tuning.split_associative()

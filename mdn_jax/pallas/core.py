@@ -29,7 +29,6 @@ from mdn_jax.pallas.tuning import (
     mosaic_config,
     seq_split_segments,
     split_add_kernel,
-    split_associative,
     use_gate_vjp_kernel,
     use_local_vjp_kernel,
 )
@@ -117,8 +116,7 @@ def _split_config(rows, num_chunks, K, V, C, op_dtype, dense, interpret) -> Spli
     mosaic = _mosaic_pass(K, cols, C, rows, op_dtype, dense, interpret, identity_cols=2 * K)
     if mosaic is None:
         return None
-    return SplitConfig(segments, block_config(K, cols, C, rows=rows)._replace(mosaic=mosaic), split_add_kernel(),
-                       split_associative())
+    return SplitConfig(segments, block_config(K, cols, C, rows=rows)._replace(mosaic=mosaic), split_add_kernel())
 
 
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None,

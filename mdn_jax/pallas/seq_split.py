@@ -34,7 +34,6 @@ class SplitConfig(NamedTuple):
     segments: int
     cfg: BlockConfig
     add_kernel: bool = False
-    associative: bool = False  # the segments' recurrence as an associative scan (`segment_starts`)
 
 
 def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dtype, interpret, split: SplitConfig):
@@ -55,7 +54,7 @@ def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dt
     o, fs, fm, psi = pass_forward_mosaic(local, qb, kt, p, v, basis(eye, zk, zv), basis(zk, eye, zv),
                                          identity_cols=2 * K, interpret=interpret, **cfg.mosaic._asdict())
     ends = jnp.concatenate([fs, fm], axis=-2).reshape(B, G, HV, 2 * K, 2 * K + V)  # [S; M] at each segment's end
-    starts, x = segment_starts(ends, jnp.concatenate([s0, m0], axis=-2), associative=split.associative)
+    starts, x = segment_starts(ends, jnp.concatenate([s0, m0], axis=-2))
     starts = starts.astype(o.dtype)  # operand dtype, as the pass reads S, M
     o, starts = o.reshape(B * G, Tg, HV, V), starts.reshape(B * G * HV, 2 * K, V)
     if split.add_kernel:
@@ -65,23 +64,17 @@ def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dt
     return o.reshape(B, Tp, HV, V), x[..., :K, :], x[..., K:, :]
 
 
-def segment_starts(ends, x0, *, associative: bool = False):
-    """Each segment's start state and the last one's end state from x_end = Phi x_start + x_local.
+def segment_starts(ends, x0):
+    """Each segment's start state and the last one's end state from x_end = Phi x_start + x_local: G dependent
+    [2K, 2K] x [2K, V] products (0.026 ms at G = 4 on an H200). An associative scan over the segments' affine maps
+    would shorten the chain to ~2 log2 G steps but multiply the float32 arithmetic ~3x (the maps' [2K, 2K + V]
+    products at every level): not worth it at the few segments the split uses.
 
     ends: [B, G, HV, 2K, 2K + V] = [Phi | x_local] per segment, x0: [B, HV, 2K, V] (float32). Returns starts
-    [B, G, HV, 2K, V] and x_end [B, HV, 2K, V]. Sequentially: G dependent [2K, 2K] x [2K, V] products;
-    associative: x0 folded into the first segment, then `lax.associative_scan` over the segments' affine maps
-    [Phi | x_local] (about 2 log2 G levels, each one batched [2K, 2K] x [2K, 2K + V] product)."""
+    [B, G, HV, 2K, V] and x_end [B, HV, 2K, V]."""
     n = x0.shape[-2]
-    mm = lambda a, b: jnp.einsum("...ij,...jv->...iv", a, b, precision=lax.Precision.HIGHEST)  # noqa: E731
-    if associative:
-        first = ends[:, 0, ..., n:] + mm(ends[:, 0, ..., :n], x0)
-        maps = ends.at[:, 0, ..., n:].set(first)
-        later = lambda e, l: mm(l[..., :n], e).at[..., n:].add(l[..., n:])  # noqa: E731  (e earlier, l later)
-        x_ends = lax.associative_scan(later, maps, axis=1)[..., n:]
-        return jnp.concatenate([x0[:, None], x_ends[:, :-1]], axis=1), x_ends[:, -1]
     x, starts = x0, []
     for g in range(ends.shape[1]):
         starts.append(x)
-        x = mm(ends[:, g, ..., :n], x) + ends[:, g, ..., n:]
+        x = jnp.einsum("bhij,bhjv->bhiv", ends[:, g, ..., :n], x, precision=lax.Precision.HIGHEST) + ends[:, g, ..., n:]
     return jnp.stack(starts, axis=1), x

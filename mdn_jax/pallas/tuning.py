@@ -15,7 +15,7 @@ side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language an
 (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`);
 `MDN_SEQ_SPLIT` the forward's sequence split for few long rows (`seq_split_segments`), `MDN_SPLIT_ADD_KERNEL` its
-last step's kernel (`split_add_kernel`), `MDN_SPLIT_SCAN` its segments' recurrence (`split_associative`).
+last step's kernel (`split_add_kernel`).
 """
 
 from __future__ import annotations
@@ -185,16 +185,6 @@ def split_add_kernel() -> bool:
     MDN_SPLIT_ADD_KERNEL=1, the default) or with XLA's product and add (0). H100, S400 at B=1, T=32768, forward,
     interleaved: 1.422 ms vs 1.524 (experiments/results/h100_2026-12-05_020ff85)."""
     return _env("MDN_SPLIT_ADD_KERNEL", 1) != 0
-
-
-def split_associative() -> bool:
-    """Whether the sequence split runs its segments' recurrence as an associative scan (env
-    MDN_SPLIT_SCAN=associative) instead of G sequential products (sequential, the default): fewer dependent
-    steps (~2 log2 G) of more arithmetic each, for many segments. Not measured on a GPU yet."""
-    mode = os.environ.get("MDN_SPLIT_SCAN", "sequential")
-    if mode not in ("sequential", "associative"):
-        raise ValueError(f"MDN_SPLIT_SCAN={mode!r}: expected 'sequential' or 'associative'")
-    return mode == "associative"
 
 
 def grads_config() -> KernelBlocks:
