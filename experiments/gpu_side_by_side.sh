@@ -8,7 +8,7 @@
 # other on an idle GPU. Without one, each case warms in its own background process while our benchmark runs;
 # their processes' own timings are then the measurement (on an H200 they agreed within 0.3% with a later run on
 # the warm cache, 126f152), and ours were taken while their compiles ran (their autotune bursts on the GPU can
-# only slow ours). Env: CASES, CACHE (/tmp/ta), AUTHORS_TIMEOUT (480), BENCH_TIMEOUT (150), SPLITS (e.g. "4 16":
+# only slow ours; the profiles too). Env: CASES, CACHE (/tmp/ta), AUTHORS_TIMEOUT (480), BENCH_TIMEOUT (150), SPLITS (e.g. "4 16":
 # profile_op.py at MDN_SEQ_SPLIT=each, S400-T32768). Writes under $OUT: device.txt, authors*.log,
 # bench_authors.json, bench.log, bench_ops.{json,md}, profile_T32768_G<g>.log, side_by_side.txt (which mode ran).
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -18,12 +18,20 @@ bench_ours() {
   timeout "${BENCH_TIMEOUT:-150}" python3 experiments/bench_ops.py --out "$OUT" --cases "$CASES" --impls pallas \
     --decode= > "$OUT/bench.log" 2>&1; tail -5 "$OUT/bench.log"
 }
+profiles() {  # device time per kernel of T=32768's forward at each segment count of $SPLITS
+  for g in ${SPLITS:-}; do
+    MDN_SEQ_SPLIT=$g timeout 90 python3 experiments/profile_op.py --case S400-T32768 --reps 5 --out "/tmp/profile_G$g" \
+      2>&1 | grep -v Warning | head -25 > "$OUT/profile_T32768_G$g.log"
+    echo "== G=$g"; head -14 "$OUT/profile_T32768_G$g.log"
+  done
+}
 if [ -d "$CACHE" ]; then
   echo "sequential: their kernels on the warm cache $CACHE, then ours" | tee "$OUT/side_by_side.txt"
   TRITON_CACHE_DIR=$CACHE timeout "${AUTHORS_TIMEOUT:-480}" python3 experiments/bench_authors.py --no-gdn \
     --fla-root "$A" --cases "$CASES" --out "$OUT" > "$OUT/authors.log" 2>&1
   grep -h '^{' "$OUT/authors.log"
   bench_ours
+  profiles
 else
   echo "parallel: each case of theirs warms and is timed in its own process; ours during their compiles" \
     | tee "$OUT/side_by_side.txt"
@@ -34,10 +42,6 @@ else
     pids+=($!)
   done
   bench_ours
+  profiles  # (also during their compiles)
   wait "${pids[@]}"; grep -h '^{' "$OUT"/authors_*.log
 fi
-for g in ${SPLITS:-}; do
-  MDN_SEQ_SPLIT=$g timeout 90 python3 experiments/profile_op.py --case S400-T32768 --reps 5 --out "/tmp/profile_G$g" \
-    2>&1 | grep -v Warning | head -25 > "$OUT/profile_T32768_G$g.log"
-  echo "== G=$g"; head -14 "$OUT/profile_T32768_G$g.log"
-done
