@@ -420,58 +420,90 @@ def _count_split_calls(monkeypatch):
     return calls
 
 
-def _start_response_inputs(seed, R, Tg, HV, K2, V, dtype):
+def _start_response_inputs(seed, B, G, first_segment, NC, C, HV, K2, V, dtype):
     keys = jax.random.split(jax.random.PRNGKey(seed), 3)
-    o = jax.random.normal(keys[0], (R, Tg, HV, V), jnp.float32).astype(dtype)
-    psi = jax.random.normal(keys[1], (R * HV, Tg, K2), jnp.float32).astype(dtype)
-    starts = jax.random.normal(keys[2], (R * HV, K2, V), jnp.float32).astype(dtype)
+    steps = -(-NC // G)
+    o = jax.random.normal(keys[0], (B, NC * C, HV, V), jnp.float32).astype(dtype)
+    psi = jax.random.normal(keys[1], (B * G * HV, steps * C, K2), jnp.float32).astype(dtype)
+    starts = jax.random.normal(keys[2], (B * (G - first_segment) * HV, K2, V), jnp.float32).astype(dtype)
     return o, psi, starts
 
 
-@pytest.mark.parametrize("R,Tg,HV,K2,V,block_t,block_v,dtype,tol", [
-    (2, 128, 3, 64, 128, 64, 64, jnp.float32, 1e-6), (3, 64, 2, 256, 32, 32, 64, jnp.bfloat16, 1e-2)])
-def test_interpret_start_response_matches_xla(R, Tg, HV, K2, V, block_t, block_v, dtype, tol):
-    """O + Psi x_start by the kernel of `start_response` against XLA's product and add (the blocks tiling each
-    segment row's positions and value columns; block_v clipped to V)."""
-    o, psi, starts = _start_response_inputs(R + V, R, Tg, HV, K2, V, dtype)
-    out = start_response.add_start_response(o, psi, starts, interpret=True, block_t=block_t, block_v=block_v)
-    assert out.dtype == dtype
-    ref = start_response.add_start_response_xla(o, psi, starts)
-    err = rel(out.astype(jnp.float32), ref.astype(jnp.float32))  # NaN fails too
-    assert err < tol, err
+def _start_response_np(o, psi, starts, G, first_segment, C):
+    """O + Psi x_start segment by segment in NumPy float64 (segments before first_segment unchanged)."""
+    o, psi, starts = (np.asarray(x, np.float64) for x in (o, psi, starts))
+    B, Tp, HV, V = o.shape
+    psi = psi.reshape(B, G, HV, -1, psi.shape[-1])
+    starts = starts.reshape(B, G - first_segment, HV, -1, V)
+    out = o.copy()
+    for g, (first, end) in enumerate(mosaic_pass.segment_bounds(Tp // C, G)):
+        if g >= first_segment:
+            n = (end - first) * C
+            out[:, first * C:end * C] += np.einsum("bhti,bhiv->bthv", psi[:, g, :, :n], starts[:, g - first_segment])
+    return out
+
+
+@pytest.mark.parametrize("B,G,first_segment,NC,HV,K2,V,block_v,dtype,tol", [
+    (2, 2, 0, 4, 3, 64, 128, 64, jnp.float32, 1e-6), (1, 3, 1, 5, 2, 256, 32, 64, jnp.bfloat16, 1e-2),
+    (2, 4, 1, 4, 1, 32, 64, 32, jnp.float32, 1e-6)])
+def test_interpret_start_response_matches_numpy(B, G, first_segment, NC, HV, K2, V, block_v, dtype, tol):
+    """O + Psi x_start by the kernel of `start_response` and by its XLA form against NumPy: ragged segments (5
+    chunks in 3: 1, 2, 2), segments before first_segment left as they are, several value blocks (block_v clipped
+    to V)."""
+    C = 32
+    o, psi, starts = _start_response_inputs(B + V, B, G, first_segment, NC, C, HV, K2, V, dtype)
+    ref = _start_response_np(o.astype(jnp.float32), psi.astype(jnp.float32), starts.astype(jnp.float32), G,
+                             first_segment, C)
+    kw = dict(segments=G, first_segment=first_segment, chunk=C)
+    for out in (start_response.add_start_response(o, psi, starts, interpret=True, block_v=block_v, **kw),
+                start_response.add_start_response_xla(o, psi, starts, **kw)):
+        assert out.dtype == dtype
+        err = rel(out.astype(jnp.float32), ref)  # NaN fails too
+        assert err < tol, err
 
 
 @gpu
 def test_gpu_start_response_matches_xla():
-    """The kernel at the split's S400 T=32768 shapes (4 segments of 8192 positions, 6 heads, 2K = 256, V = 256)."""
-    o, psi, starts = _start_response_inputs(3, 4, 8192, 6, 256, 256, jnp.bfloat16)
-    out = jax.jit(functools.partial(start_response.add_start_response, interpret=False))(o, psi, starts)
-    err = rel(out.astype(jnp.float32), start_response.add_start_response_xla(o, psi, starts).astype(jnp.float32))
+    """The kernel at the split's S400 T=32768 shapes from a zero start (6 segments of 85 or 86 chunks, the first
+    one left as it is; 6 heads, 2K = 256, V = 256)."""
+    o, psi, starts = _start_response_inputs(3, 1, 6, 1, 512, 64, 6, 256, 256, jnp.bfloat16)
+    kw = dict(segments=6, first_segment=1, chunk=64)
+    out = jax.jit(functools.partial(start_response.add_start_response, interpret=False, **kw))(o, psi, starts)
+    ref = start_response.add_start_response_xla(o, psi, starts, **kw)
+    err = rel(out.astype(jnp.float32), ref.astype(jnp.float32))
     assert err < 1e-2, err
 
 
 def test_start_response_rejects_mismatched_shapes():
-    o, psi, starts = _start_response_inputs(1, 2, 64, 2, 32, 64, jnp.float32)
+    o, psi, starts = _start_response_inputs(1, 1, 2, 0, 2, 64, 2, 32, 64, jnp.float32)
+    kw = dict(segments=2, first_segment=0, chunk=64, interpret=True)
     with pytest.raises(ValueError, match="disagree"):
-        start_response.add_start_response(o, psi[:, :32], starts, interpret=True)
-    with pytest.raises(ValueError, match="by blocks"):
-        start_response.add_start_response(o, psi, starts, interpret=True, block_t=48)
+        start_response.add_start_response(o, psi[:, :32], starts, **kw)
+    with pytest.raises(ValueError, match="disagree"):
+        start_response.add_start_response(o, psi, starts, **(kw | dict(first_segment=1)))
+    with pytest.raises(ValueError, match="dtypes"):
+        start_response.add_start_response(o, psi.astype(jnp.bfloat16), starts, **kw)
 
 
-@pytest.mark.parametrize("segments,T,HV,K,V,gates,add_kernel", [(4, 256, 2, 64, 128, ("drift", -0.5), True),
-                                                                 (2, 250, 4, 64, 128, "random", False),
-                                                                 (2, 128, 2, 40, 72, ("drift", -1.0), True)])
-def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates, add_kernel):
+@pytest.mark.parametrize("segments,T,HV,K,V,gates,add_kernel,with_init", [
+    (4, 256, 2, 64, 128, ("drift", -0.5), True, True), (2, 250, 4, 64, 128, "random", False, True),
+    (2, 128, 2, 40, 72, ("drift", -1.0), True, True), (3, 320, 2, 64, 128, ("drift", -0.5), True, True),
+    (3, 320, 2, 64, 128, ("drift", -0.5), True, False), (4, 250, 2, 64, 128, "random", False, False)])
+def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates, add_kernel, with_init):
     """MDN_SEQ_SPLIT (with MDN_MOSAIC=1: the split's pass is the Mosaic one): the forward as one pass over the
-    rows' segments (identity columns, then the segments' recurrence) == 'xla' from a random initial state, with
-    grouped value heads, a partial last chunk, and K, V padded to 64, 128 (identity columns on the padded rows of
-    the state too); the gradients still come from the unsplit passes. Slowly decaying gates ('drift': alpha =
-    exp(-0.01)) carry each segment's start state far into the next. K = 64 here: at K = 128 the interpreter hangs
-    on the two-consumer pass with identity columns (without them it runs); the GPU runs K = 128 in
-    test_gpu_seq_split_forward. add_kernel: the last step as the kernel of `start_response`."""
-    inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=K, V=V, gates=gates)
+    rows' segments (identity columns, then the segments' recurrence) == 'xla', from a random initial state or
+    from none (the first segment's identity columns not run), with grouped value heads, ragged segments (5 chunks
+    in 3), a partial last chunk, and K, V padded to 64, 128 (identity columns on the padded rows of the state too);
+    the gradients still come from the unsplit passes. Slowly decaying gates ('drift': alpha = exp(-0.01)) carry
+    each segment's start state far into the next. add_kernel: the last step as the kernel of `start_response`.
+    One consumer warpgroup: inside the op, the interpreter deadlocks on the two-consumer split pass beyond one
+    step (its warpgroup threads in barrier waits, on this 2-core machine), though the same kernel alone runs
+    (test_pallas_mosaic.py's split-pass tests, two consumers); the GPU runs two consumers at K = 128 in
+    test_gpu_seq_split_forward."""
+    inputs, init = make_inputs(23 + T, B=2, T=T, H=2, HV=HV, K=K, V=V, gates=gates, with_init=with_init)
     calls = _count_split_calls(monkeypatch)
     monkeypatch.setenv("MDN_MOSAIC", "1")
+    monkeypatch.setenv("MDN_MOSAIC_CONSUMERS", "1")
     monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", str(int(add_kernel)))
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):
         out = run("pallas", inputs, init)
@@ -482,22 +514,30 @@ def test_interpret_seq_split_forward(monkeypatch, segments, T, HV, K, V, gates, 
     assert_grads_close(g, grads("xla", inputs, init), 1e-4, what)
 
 
-@pytest.mark.parametrize("G", [1, 3, 8])
-def test_segment_starts_match_the_recurrence(G):
+@pytest.mark.parametrize("G,zero_start", [(1, False), (3, False), (8, False), (1, True), (3, True)])
+def test_segment_starts_match_the_recurrence(G, zero_start):
     """`seq_split.segment_starts` against x_{g+1} = Phi_g x_g + x_local_g in NumPy float64, from a random start
-    (random contractive Phi, so errors would not hide in a decaying product)."""
-    B, HV, n, V = 2, 3, 8, 5
+    or a zero one (then segment 0's Phi is not read: NaN there; its start is not returned) (random contractive Phi,
+    so errors would not hide in a decaying product)."""
+    B, HV, K, V = 2, 3, 4, 5
+    n = 2 * K
     rng = np.random.default_rng(G)
     phi = rng.standard_normal((B, G, HV, n, n)) / np.sqrt(n)
     ends = np.concatenate([phi, rng.standard_normal((B, G, HV, n, V))], axis=-1)
-    x0 = rng.standard_normal((B, HV, n, V))
-    starts, x_end = seq_split.segment_starts(jnp.asarray(ends, jnp.float32), jnp.asarray(x0, jnp.float32))
+    x0 = np.zeros((B, HV, n, V)) if zero_start else rng.standard_normal((B, HV, n, V))
+    if zero_start:
+        ends[:, 0, ..., :n] = np.nan
+    fs, fm = (jnp.asarray(ends[..., rows, :], jnp.float32) for rows in (slice(0, K), slice(K, n)))
+    starts, x_end = seq_split.segment_starts(fs, fm, None if zero_start else jnp.asarray(x0, jnp.float32))
     x, want = x0, []
     for g in range(G):
         want.append(x)
-        x = ends[:, g, ..., :n] @ x + ends[:, g, ..., n:]
-    assert starts.shape == (B, G, HV, n, V) and x_end.shape == (B, HV, n, V)
-    assert rel(starts, np.stack(want, axis=1)) < 1e-5 and rel(x_end, x) < 1e-5
+        x = (ends[:, g, ..., n:] if zero_start and g == 0 else ends[:, g, ..., :n] @ x + ends[:, g, ..., n:])
+    want = want[int(zero_start):]
+    assert starts.shape == (B, len(want), HV, n, V) and x_end.shape == (B, HV, n, V)
+    assert rel(x_end, x) < 1e-5
+    if want:
+        assert rel(starts, np.stack(want, axis=1)) < 1e-5
 
 
 def test_interpret_seq_split_with_document_resets(monkeypatch):
@@ -507,6 +547,7 @@ def test_interpret_seq_split_with_document_resets(monkeypatch):
     seg = jnp.asarray(np.repeat([0, 1, 2, 3], [40, 100, 52, 64])[None], jnp.int32)  # resets at 40, 140, 192
     calls = _count_split_calls(monkeypatch)
     monkeypatch.setenv("MDN_MOSAIC", "1")
+    monkeypatch.setenv("MDN_MOSAIC_CONSUMERS", "1")  # as test_interpret_seq_split_forward
     with _traced_anew(monkeypatch, "MDN_SEQ_SPLIT=4"):
         out = run("pallas", inputs, None, segment_ids=seg)
     assert calls == [4, "add"], calls  # the last step runs as the start_response kernel by default
@@ -650,14 +691,16 @@ def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch, B, K, V):
 
 
 @gpu
-@pytest.mark.parametrize("segments,expected,gates,add_kernel", [("auto", 8, "random", False),
-                                                                 ("16", 16, ("drift", -1.0), False),
-                                                                 ("auto", 8, ("drift", -1.0), True)])
-def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates, add_kernel):
+@pytest.mark.parametrize("segments,expected,gates,add_kernel,with_init", [
+    ("auto", 6, "random", False, True), ("16", 16, ("drift", -1.0), False, True),
+    ("auto", 6, ("drift", -1.0), True, True), ("auto", 6, ("drift", -1.0), True, False),
+    ("5", 5, "random", True, False)])
+def test_gpu_seq_split_forward(monkeypatch, segments, expected, gates, add_kernel, with_init):
     """One long row per head pair (B=1, H=2, T=8192, S400's K and V, bf16): the forward split along the sequence
-    (auto: 8 segments of 16 chunks; 16 of 8, slowly decaying gates) against the fp32 reference; add_kernel: the
-    last step as the kernel of `start_response`."""
-    inputs, init, ref_inputs = _gpu_case(37, 8192, 128, 256, jnp.bfloat16, B=1, H=2, gates=gates)
+    (auto: 6 ragged segments of 21 or 22 chunks, from a random start or none; 16 of 8, slowly decaying gates)
+    against the fp32 reference; add_kernel: the last step as the kernel of `start_response`."""
+    inputs, init, ref_inputs = _gpu_case(37, 8192, 128, 256, jnp.bfloat16, B=1, H=2, gates=gates,
+                                         with_init=with_init)
     calls = _count_split_calls(monkeypatch)
     monkeypatch.setenv("MDN_SPLIT_ADD_KERNEL", str(int(add_kernel)))
     with _traced_anew(monkeypatch, f"MDN_SEQ_SPLIT={segments}"):

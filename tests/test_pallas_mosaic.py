@@ -122,39 +122,66 @@ def test_shared_memory_estimate_agrees_with_the_lowering(monkeypatch, K, V, bloc
             _lower_for_cuda(K, V, block_v, stages, consumers)
 
 
-def _with_identity_columns(local, qb, kt, p, v, s0, m0, identity_cols):
-    """The pass's inputs with identity_cols more state columns in front (random start states for all columns)."""
-    extra = jax.random.normal(jax.random.PRNGKey(5), s0.shape[:-1] + (2 * identity_cols,), s0.dtype)
-    return (local, qb, kt, p, v, jnp.concatenate([extra[..., :identity_cols], s0], axis=-1),
-            jnp.concatenate([extra[..., identity_cols:], m0], axis=-1))
+def _bases(K, V):
+    eye, zk, zv = jnp.eye(K), jnp.zeros((K, K)), jnp.zeros((K, V))
+    return jnp.concatenate([eye, zk, zv], axis=1), jnp.concatenate([zk, eye, zv], axis=1)
 
 
-def test_interpret_identity_columns_match_triton_pass():
-    """identity_cols (the sequence split's pass): zero values in the leading state columns, their outputs as the
-    head-major Psi, against the Triton pass over the same columns with zeros concatenated in front of v."""
-    B, T, H, K, V, ident = 2, 192, 2, 64, 128, 128
-    args = _with_identity_columns(*_inputs(B, T, H, K, V, dtype=jnp.float32, interpret=True), ident)
-    o, fs, fm, psi = pass_forward_mosaic(*args, block_v=64, stages=1, consumers=2, identity_cols=ident,
-                                         interpret=True)
-    local, qb, kt, p, v, s0, m0 = args
-    v_ext = jnp.concatenate([jnp.zeros(v.shape[:-1] + (ident,), v.dtype), v], axis=-1)
-    ro, rfs, rfm = _triton_pass(local, qb, kt, p, v_ext, s0, m0, block_v=64, interpret=True)
-    ref_psi = ro[..., :ident].transpose(0, 2, 1, 3).reshape(B * H, T, ident)
-    errs = rel_errs((o, fs, fm, psi), (ro[..., ident:], rfs, rfm, ref_psi))
-    assert all(e < 1e-6 for e in errs), errs
+def _split_reference(local, qb, kt, p, v, segments):
+    """`split_pass_mosaic`'s (O, fs, fm, Psi) from the Triton pass run on each segment's chunks alone, over the
+    2K + V columns (zeros in front of v), from the identity bases; fs, fm, Psi per segment."""
+    B, Tp, HV, K = kt.shape
+    C, V = local.t.shape[-1], v.shape[-1]
+    v_ext = jnp.concatenate([jnp.zeros(v.shape[:-1] + (2 * K,), v.dtype), v], axis=-1)
+    s0, m0 = (jnp.broadcast_to(b, (B, HV) + b.shape) for b in _bases(K, V))
+    outs = []
+    for first, end in mosaic_pass.segment_bounds(Tp // C, segments):
+        ts = slice(first * C, end * C)
+        loc = type(local)(*(x[:, first:end] for x in local))
+        o, fs, fm = _triton_pass(loc, qb[:, ts], kt[:, ts], p[:, ts], v_ext[:, ts], s0, m0, block_v=64, interpret=True)
+        psi = o[..., :2 * K].transpose(0, 2, 1, 3).reshape(B * HV, (end - first) * C, 2 * K)
+        outs.append((o[..., 2 * K:], fs, fm, psi))
+    return outs
 
 
-def test_identity_columns_lower_for_cuda_and_reject_saving():
-    """The split's configuration at S400's K, V (256 identity columns, two consumers) lowers for CUDA; with
-    save=True, or not a multiple of the program's columns, identity columns are refused."""
-    args = _with_identity_columns(*_inputs(1, 256, 2, 128, 256, interpret=True), 256)
-    fn = functools.partial(pass_forward_mosaic, block_v=64, stages=1, consumers=2, identity_cols=256)
-    assert "mosaic_gpu" in _cuda_text(fn, args)
-    with pytest.raises(ValueError, match="identity_cols"):
-        pass_forward_mosaic(*args, block_v=64, consumers=2, identity_cols=256, save=True, interpret=True)
-    args = _with_identity_columns(*_inputs(1, 128, 1, 64, 128, dtype=jnp.float32, interpret=True), 64)
-    with pytest.raises(ValueError, match="identity_cols"):
-        pass_forward_mosaic(*args, block_v=64, consumers=2, identity_cols=64, interpret=True)
+@pytest.mark.parametrize("T,segments,skip_first", [(192, 1, False), (320, 3, False), (320, 3, True), (256, 4, True)])
+def test_interpret_split_pass_matches_triton_per_segment(T, segments, skip_first):
+    """The split's pass (`split_pass_mosaic`): segments of whole chunks, ragged where G does not divide the chunks
+    (5 chunks in 3 segments: 1, 2, 2), two consumers, K = 64 (at K = 128 the interpreter hangs on the
+    two-consumer pass with identity columns; the GPU runs K = 128 in test_pallas.py's split tests) against the
+    Triton pass on each segment alone. skip_first: segment 0's identity columns are not run (not compared)."""
+    B, H, K, V = 2, 2, 64, 128
+    local, qb, kt, p, v, _, _ = _inputs(B, T, H, K, V, dtype=jnp.float32, interpret=True)
+    o, fs, fm, psi = mosaic_pass.split_pass_mosaic(local, qb, kt, p, v, *_bases(K, V), segments=segments,
+                                                   skip_first=skip_first, block_v=64, consumers=2, interpret=True)
+    fs, fm = (x.reshape((B, segments) + x.shape[1:]) for x in (fs, fm))
+    psi = psi.reshape((B, segments, H) + psi.shape[1:])
+    C = local.t.shape[-1]
+    for g, ((first, end), (ro, rfs, rfm, rpsi)) in enumerate(
+            zip(mosaic_pass.segment_bounds(T // C, segments), _split_reference(local, qb, kt, p, v, segments),
+                strict=True)):
+        cols = slice(2 * K if skip_first and g == 0 else 0, None)  # skipped: only the value columns were run
+        mine = (o[:, first * C:end * C], fs[:, g, ..., cols], fm[:, g, ..., cols])
+        ref = (ro, rfs[..., cols], rfm[..., cols])
+        if not (skip_first and g == 0):
+            mine += (psi[:, g, :, :(end - first) * C].reshape(rpsi.shape),)
+            ref += (rpsi,)
+        errs = rel_errs(mine, ref)
+        assert all(e < 1e-6 for e in errs), (g, errs)  # NaN fails too
+
+
+def test_split_pass_lowers_for_cuda_and_checks_its_arguments():
+    """The split's configuration at S400's K, V (2K = 256 identity columns, two consumers, ragged: 4 chunks in
+    3 segments, the first segment's identity columns skipped) lowers for CUDA; bad bases or segment counts are
+    refused."""
+    local, qb, kt, p, v, _, _ = _inputs(1, 256, 2, 128, 256, interpret=True)
+    s_basis, m_basis = _bases(128, 256)
+    fn = functools.partial(mosaic_pass.split_pass_mosaic, segments=3, skip_first=True, block_v=64, consumers=2)
+    assert "mosaic_gpu" in _cuda_text(fn, (local, qb, kt, p, v, s_basis, m_basis))
+    with pytest.raises(ValueError, match="segments=5 of 4 chunks"):
+        mosaic_pass.split_pass_mosaic(local, qb, kt, p, v, s_basis, m_basis, segments=5, interpret=True)
+    with pytest.raises(ValueError, match="Mosaic pass limits"):
+        mosaic_pass.split_pass_mosaic(local, qb, kt, p, v, s_basis[:, :256], m_basis, segments=2, interpret=True)
 
 
 def _lower_for_cuda(K, V, block_v, stages, consumers, save=False):

@@ -1,5 +1,7 @@
 """The block-size and pipelining table of the Pallas kernels (`mdn_jax.pallas.tuning`)."""
 
+import functools
+
 import jax.numpy as jnp
 import pytest
 
@@ -115,15 +117,30 @@ def test_prep_config_env(monkeypatch):
 
 
 def test_seq_split_only_for_few_long_dense_rows():
-    split = tuning.seq_split_segments
-    assert split(6, 512, 128, 256, dense=True) == 4  # S400 at B=1, T=32768: 24 segment rows of 128 chunks
-    assert split(2, 1024, 128, 256, dense=True) == 16
-    assert split(2, 128, 128, 256, dense=True) == 8  # segments of at least 16 chunks
+    split = functools.partial(tuning.seq_split_segments, sms=132)
+    # S400 at B=1, T=32768 (6 rows of 512 chunks) on 132 SMs: from a zero start 6 segments of 85 or 86 chunks,
+    # 6 x 22 = 132 programs (segment 0 without identity columns), one wave of 86 steps; from a given start 5
+    # (120 programs, 103 steps)
+    assert split(6, 512, 128, 256, dense=True, zero_start=True) == 6
+    assert split(6, 512, 128, 256, dense=True) == 5
+    assert split(2, 1024, 128, 256, dense=True) == 16  # 128 programs of 64 steps
+    assert split(2, 128, 128, 256, dense=True) == 6  # segments of at least 16 chunks; ties go to fewer segments
     assert split(6, 16, 128, 256, dense=True) == 1
     assert split(24, 64, 128, 256, dense=True) == 1  # S400 at B=4: enough programs unsplit
     assert split(48, 64, 128, 256, dense=True) == 1
     assert split(6, 512, 128, 256, dense=False) == 1  # packed sequences
     assert split(6, 512, 256, 512, dense=True) == 1  # K = 256: not measured
+
+
+def test_split_cost_counts_waves_of_programs():
+    """`split_cost`: waves of one program per SM times the steps of the longest segment, plus a cost per
+    segment; the first segment's identity programs dropped from a zero start."""
+    cost = functools.partial(tuning.split_cost, rows=6, num_chunks=512, K=128, V=256, width=128, sms=132)
+    assert cost(4, zero_start=False) == 1 * 128 + 3 * 4  # 96 programs
+    assert cost(6, zero_start=False) == 2 * 86 + 3 * 6  # 144 programs: two waves
+    assert cost(6, zero_start=True) == 1 * 86 + 3 * 6  # 132 programs
+    assert cost(16, zero_start=False) == 3 * 32 + 3 * 16  # 384 programs
+    assert tuning.split_programs(6, 256, 256, 128, skip_first=True) == 22
 
 
 def test_seq_split_env(monkeypatch):
@@ -132,8 +149,10 @@ def test_seq_split_env(monkeypatch):
     assert tuning.seq_split_segments(48, 64, 128, 256, dense=False) == 1
     monkeypatch.setenv("MDN_SEQ_SPLIT", "1")
     assert tuning.seq_split_segments(6, 512, 128, 256, dense=True) == 1
-    monkeypatch.setenv("MDN_SEQ_SPLIT", "3")
-    with pytest.raises(ValueError, match="divide the 64 chunks"):
+    monkeypatch.setenv("MDN_SEQ_SPLIT", "3")  # ragged segments
+    assert tuning.seq_split_segments(6, 64, 128, 256, dense=True) == 3
+    monkeypatch.setenv("MDN_SEQ_SPLIT", "65")
+    with pytest.raises(ValueError, match="between 1 and the 64 chunks"):
         tuning.seq_split_segments(6, 64, 128, 256, dense=True)
 
 

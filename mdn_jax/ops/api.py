@@ -26,14 +26,14 @@ def default_implementation() -> str:
     return "pallas" if jax.default_backend() == "gpu" else "xla"
 
 
-def _core_fn(implementation: str, operand_dtype, dense_rows: bool):
+def _core_fn(implementation: str, operand_dtype, dense_rows: bool, zero_start: bool):
     if implementation == "scan":
         return scan_core
     if implementation == "xla":
         return chunked_core
     from mdn_jax.pallas import pallas_core  # imported lazily: Pallas is not needed on the jnp paths
 
-    return functools.partial(pallas_core, operand_dtype=operand_dtype, dense_rows=dense_rows)
+    return functools.partial(pallas_core, operand_dtype=operand_dtype, dense_rows=dense_rows, zero_start=zero_start)
 
 
 def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=None, initial_state=None,
@@ -111,7 +111,8 @@ def momentum_delta_rule(q, k, v, log_alpha, log_mu, beta, eta, p=None, *, scale=
     inputs = CoreInputs(
         *(lay.to_chunks(x, layout) for x in (qb, kt, p, v, log_alpha, log_mu, beta)),
         s0, m0, layout.chunk_init, layout.chunk_final)
-    o, final = _core_fn(implementation, out_dtype, layout.positions is None)(inputs, chunk_size)
+    core = _core_fn(implementation, out_dtype, layout.positions is None, initial_state is None)
+    o, final = core(inputs, chunk_size)
     o = lay.from_chunks(o, layout, T).astype(out_dtype)
     return o, (final if output_final_state else None)
 

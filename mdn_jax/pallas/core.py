@@ -105,28 +105,30 @@ def _mosaic_pass(K, V, C, rows, op_dtype, dense, interpret, identity_cols=0):
     return mosaic
 
 
-def _split_config(rows, num_chunks, K, V, C, op_dtype, dense, interpret) -> SplitConfig | None:
+def _split_config(rows, num_chunks, K, V, C, op_dtype, dense, interpret, zero_start) -> SplitConfig | None:
     """The sequence split of the forward without differentiation (`tuning.seq_split_segments`), with the
-    configuration of its Mosaic GPU pass over 2K + V columns in G times as many rows; None: no split (also where
-    that pass would not be the Mosaic one)."""
-    segments = seq_split_segments(rows, num_chunks, K, V, dense=dense)
+    configuration of its Mosaic GPU pass over 2K + V columns; None: no split (also where that pass would not be
+    the Mosaic one)."""
+    segments = seq_split_segments(rows, num_chunks, K, V, dense=dense, zero_start=zero_start)
     if segments == 1:
         return None
-    rows, cols = rows * segments, 2 * K + V
-    mosaic = _mosaic_pass(K, cols, C, rows, op_dtype, dense, interpret, identity_cols=2 * K)
+    cols = 2 * K + V
+    mosaic = _mosaic_pass(K, cols, C, rows * segments, op_dtype, dense, interpret, identity_cols=2 * K)
     if mosaic is None:
         return None
-    return SplitConfig(segments, block_config(K, cols, C, rows=rows)._replace(mosaic=mosaic), split_add_kernel())
+    return SplitConfig(segments, block_config(K, cols, C, rows=rows * segments)._replace(mosaic=mosaic),
+                       split_add_kernel(), zero_start)
 
 
 def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret: bool | None = None,
-                dense_rows: bool = False):
+                dense_rows: bool = False, zero_start: bool = False):
     """Same contract as `mdn_jax.ops.chunked.chunked_core`.
 
     operand_dtype: dtype of the tensor-core operands in the kernels (the op's input dtype; bf16 in
       training), accumulation in float32. interpret: run the kernels in Pallas interpret mode (default:
       when no GPU is present). dense_rows: the layout is `dense_layout`'s (one sequence per row, N = B), which
-      lets the sequential passes run as the Mosaic GPU kernels (`tuning.mosaic_config`).
+      lets the sequential passes run as the Mosaic GPU kernels (`tuning.mosaic_config`). zero_start: x.s0 and
+      x.m0 are known to be zero (no initial state given), which the forward's sequence split uses.
     """
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
@@ -140,7 +142,7 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
         raise TypeError("implementation='pallas' on GPU takes float32/bfloat16/float16 inputs, not float64")
     dense = dense_rows and x.s0.dtype == jnp.float32
     cfg = cfg._replace(mosaic=_mosaic_pass(Kp, Vp, C, B * HV, op_dtype, dense, interpret))
-    split = _split_config(B * HV, Tp // C, Kp, Vp, C, op_dtype, dense, interpret)
+    split = _split_config(B * HV, Tp // C, Kp, Vp, C, op_dtype, dense, interpret, zero_start)
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))
     v = _pad_last(x.v, Vp)

@@ -26,6 +26,7 @@ transforms, which the interpreter rejects.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
 from mdn_jax.pallas.mosaic_common import ROW, products, smem_transforms
+from mdn_jax.pallas.tuning import split_programs
 
 
 def _row_scales(vec_s, C, block_v):
@@ -43,11 +45,12 @@ def _row_scales(vec_s, C, block_v):
             for i, name in enumerate(VECS)}
 
 
-def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values):
+def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values=None, keep=None):
     """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile by write_o(o_smem, c,
     vs) (and with res_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
     tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch; values: None, or a scalar 0/1 that
-    scales the value tile (0: the identity columns of `mdn_jax.pallas.seq_split`)."""
+    scales the value tile (0: the identity columns of `mdn_jax.pallas.seq_split`); keep: None, or a scalar 0/1
+    (0: the step leaves the state as it is, a ragged segment's step past its end)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
     S, M = carry
@@ -81,6 +84,8 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values):
     kt_t = kt_s.transpose((1, 0))
     ks, km = products((kt_t, gn_smem), (kt_t, hn_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
+    if keep is not None:  # exact at keep = 1; S, M unchanged at keep = 0
+        a_l, b_l, m_l, ks, km = keep * a_l + (1 - keep), keep * b_l, keep * m_l + (1 - keep), keep * ks, keep * km
     return a_l * S - b_l * M + ks, m_l * M - km
 
 
@@ -119,19 +124,20 @@ def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
     return a_l * lS + q_a - p_d, -b_l * lS + m_l * lM - q_b + p_e
 
 
-def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block_v, stages, consumers):
-    """Run step(c, tiles, bufs, carry, vs) -> carry over the chunks of this program's row, the chunk tiles brought by
-    TMA. consumers 1: one warpgroup loads (`emit_pipeline`) and computes; 2: two compute warpgroups, each with its
-    own block_v columns (vs) and scratch, share the tiles (the last, value-side one [C, 2 block_v] is split) that a
-    third (memory) warpgroup brings (`emit_pipeline_warp_specialized`). start(vs) -> the first carry;
-    finish(carry, vs) writes the last."""
-    vb = lax.axis_index("vb")
+def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block_v, stages, consumers,
+                 col_block=lambda: lax.axis_index("vb")):
+    """Run step(s, tiles, bufs, carry, vs) -> carry over the steps s of this program's row (num_chunks), the chunk
+    tiles brought by TMA. consumers 1: one warpgroup loads (`emit_pipeline`) and computes; 2: two compute
+    warpgroups, each with its own block_v columns (vs) and scratch, share the tiles (the last, value-side one
+    [C, 2 block_v] is split) that a third (memory) warpgroup brings (`emit_pipeline_warp_specialized`).
+    start(vs) -> the first carry; finish(carry, vs) writes the last. col_block(): the program's block of
+    consumers * block_v state columns (the grid's "vb" index)."""
 
     def wg_index():
         return lax.axis_index("wg") if consumers > 1 else 0
 
     def columns():  # this warpgroup's V columns
-        return pl.ds((vb * consumers + wg_index()) * block_v, block_v)
+        return pl.ds((col_block() * consumers + wg_index()) * block_v, block_v)
 
     def body(idx, *tiles_and_carry):
         *tiles, carry = tiles_and_carry
@@ -154,9 +160,10 @@ def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block
             num_compute_wgs=consumers, max_concurrent_steps=stages, compute_context=run)(*gmem)
 
 
-def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms):
+def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms, value_index=None):
     """BlockSpecs of a chunk's tiles (vecs, decay, T, attn, Qb, Kt, P and the value-side [C, v_cols] tile, block vb
-    of its columns), chunk chunk_index(step) at pipeline step `step`."""
+    of its columns), chunk chunk_index(step) at pipeline step `step`; value_index(step): the value-side tile's
+    block index instead of (row, chunk, head, vb)."""
     spec = functools.partial(plgpu.BlockSpec, transforms=transforms)
     ci = chunk_index
     specs = [plgpu.BlockSpec((None, None, len(VECS), C), lambda s: (bh, ci(s), 0, 0)),
@@ -164,7 +171,7 @@ def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms):
              spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0)),
              spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0))]
     specs += [spec((None, C, None, K), lambda s: (row, ci(s), head, 0)) for _ in range(3)]
-    return specs + [spec((None, C, None, v_cols), lambda s: (row, ci(s), head, vb))]
+    return specs + [spec((None, C, None, v_cols), value_index or (lambda s: (row, ci(s), head, vb)))]
 
 
 def _state_io(row, head, srcs, dsts):
@@ -180,40 +187,104 @@ def _state_io(row, head, srcs, dsts):
 
 
 def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
-            *refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, identity_cols, transforms):
-    n_out = 3 * save + (identity_cols > 0)
-    out_refs, bufs = refs_and_bufs[:n_out], refs_and_bufs[n_out:]
+            *refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms):
+    out_refs, bufs = refs_and_bufs[:3 * save], refs_and_bufs[3 * save:]
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
-    id_blocks = identity_cols // (consumers * block_v)  # programs of identity columns: vb < id_blocks
-    v_block = jnp.maximum(vb - id_blocks, 0) if identity_cols else vb  # (identity programs read block 0, unused)
-    in_specs = _chunk_specs(lambda s: s, bh, row, head, v_block, C, K, consumers * block_v, transforms)
+    in_specs = _chunk_specs(lambda s: s, bh, row, head, vb, C, K, consumers * block_v, transforms)
     start, finish = _state_io(row, head, (s0_ref, m0_ref), (fs_ref, fm_ref))
 
-    # vb and the 0/1 value scale are read inside the pipeline's body (a scale computed in the kernel's scope and
-    # closed over hung the interpreter with two consumers)
-    def write_o(src, c, vs):  # O's tile; identity columns: Psi's, head-major
-        if not identity_cols:
-            plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, vs])
-            return
-        vb = lax.axis_index("vb")
-
-        @pl.when(vb < id_blocks)
-        def _():
-            plgpu.copy_smem_to_gmem(src, out_refs[-1].at[bh, pl.ds(c * C, C), vs])
-
-        @pl.when(vb >= id_blocks)
-        def _():
-            plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, pl.ds(vs.start - identity_cols,
-                                                                                    vs.size)])
+    def write_o(src, c, vs):
+        plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, vs])
 
     def step(c, tiles, mine, carry, vs):
-        values = (lax.axis_index("vb") >= id_blocks).astype(jnp.float32) if identity_cols else None
-        return _chunk_step(c, tiles, mine, carry, write_o, out_refs[:3 * save], bh, vs, values)
+        return _chunk_step(c, tiles, mine, carry, write_o, out_refs, bh, vs)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
+
+
+class _SplitProgram(NamedTuple):
+    """What one program of the split pass runs (int32 / bool scalars from the grid indices)."""
+
+    bh: jax.Array  # row x head
+    row: jax.Array
+    head: jax.Array
+    seg_row: jax.Array  # row * segments + segment
+    is_value: jax.Array  # value columns (else identity columns)
+    col_block: jax.Array  # its block of consumers * block_v state columns (identity columns first)
+    v_block: jax.Array  # its block of v's columns (0 for identity programs: read, scaled by 0)
+    first: jax.Array  # the segment's first chunk
+    size: jax.Array  # the segment's chunks
+
+
+def _split_program(*, num_heads, segments, num_chunks, value_blocks, identity_blocks, skip_first) -> _SplitProgram:
+    """The program at grid index (bh, vb): along vb first the value programs of every segment (value_blocks
+    each), then the identity programs (identity_blocks each) of segments skip_first .. segments - 1. Segment g
+    holds chunks [g NC // G, (g + 1) NC // G)."""
+    bh, j = lax.axis_index("bh"), lax.axis_index("vb")
+    n_value = segments * value_blocks
+    is_value = j < n_value
+    ji = jnp.maximum(j - n_value, 0)
+    g = jnp.where(is_value, j // value_blocks, ji // identity_blocks + skip_first)
+    blk = jnp.where(is_value, j % value_blocks, ji % identity_blocks)
+    first = g * num_chunks // segments
+    row = bh // num_heads
+    return _SplitProgram(bh=bh, row=row, head=bh % num_heads, seg_row=row * segments + g, is_value=is_value,
+                         col_block=jnp.where(is_value, identity_blocks + blk, blk),
+                         v_block=jnp.where(is_value, blk, 0), first=first,
+                         size=(g + 1) * num_chunks // segments - first)
+
+
+def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s_basis, m_basis, o_ref, fs_ref,
+                  fm_ref, psi_ref, *bufs, num_heads, segments, num_chunks, steps, identity_cols, skip_first, block_v,
+                  stages, consumers, transforms):
+    C, K = t_ref.shape[-1], qb_ref.shape[-1]
+    width = consumers * block_v
+    plan = functools.partial(_split_program, num_heads=num_heads, segments=segments, num_chunks=num_chunks,
+                             value_blocks=v_ref.shape[-1] // width, identity_blocks=identity_cols // width,
+                             skip_first=int(skip_first))
+
+    def chunk(s, x):  # a short segment repeats its last chunk as its last step (kept out of the state: keep = 0)
+        return x.first + jnp.minimum(s, x.size - 1)
+
+    # the chunk and v's block are computed inside the index maps: with both closed over as values of the kernel's
+    # scope the interpreter hung with two consumers (either one alone did not)
+    x = plan()
+    in_specs = _chunk_specs(lambda s: chunk(s, plan()), x.bh, x.row, x.head, None, C, K, width, transforms,
+                            value_index=lambda s: (plan().row, chunk(s, plan()), plan().head, plan().v_block))
+
+    def start(vs):
+        return tuple(plgpu.load(r.at[:, vs], layout=plgpu.Layout.WGMMA, optimized=False) for r in (s_basis, m_basis))
+
+    def finish(carry, vs):
+        y = plan()
+        for r, state in zip((fs_ref, fm_ref), carry, strict=True):
+            r[y.seg_row, y.head, :, vs] = state
+
+    # the program's plan is read inside the pipeline's body (a value computed in the kernel's scope and closed over
+    # there hung the interpreter with two consumers)
+    def step(s, tiles, mine, carry, vs):
+        y = plan()
+        valid = s < y.size
+
+        def write_o(src, c, vs):  # O's tile at its position; identity columns: Psi's at the segment's step
+            @pl.when(valid & y.is_value)
+            def _():
+                plgpu.copy_smem_to_gmem(src, o_ref.at[y.row, pl.ds(c * C, C), y.head,
+                                                      pl.ds(vs.start - identity_cols, vs.size)])
+
+            @pl.when(valid & jnp.logical_not(y.is_value))
+            def _():
+                plgpu.copy_smem_to_gmem(src, psi_ref.at[y.seg_row * num_heads + y.head, pl.ds(s * C, C), vs])
+
+        return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs,
+                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32))
+
+    _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
+                 bufs, num_chunks=steps, block_v=block_v, stages=stages, consumers=consumers,
+                 col_block=lambda: plan().col_block)
 
 
 def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref,
@@ -235,8 +306,9 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
 _K_BUFS, _C_BUFS = 2, 4  # each consumer's scratch tiles: [K, block_v] (S, M or lS, lM) and [C, block_v]
 
 
-def _launch(kernel, out_type, K, C, BH, V, op, *, block_v, consumers, interpret):
-    """plgpu.kernel over (BH, V / (consumers block_v)) programs with per-warpgroup shared-memory scratch:
+def _launch(kernel, out_type, K, C, BH, V, op, *, block_v, consumers, interpret, programs=None):
+    """plgpu.kernel over (BH, programs) programs (default V / (consumers block_v)) with per-warpgroup shared-memory
+    scratch:
     _K_BUFS [K, block_v] and _C_BUFS [C, block_v] tiles in the operand dtype. All tiles share one swizzle (wgmma
     takes both operands at one): 128 bytes, or at block_v 32 the 64 of its rows (a [C, 2 block_v] value tile then
     splits between the consumers at a tile boundary)."""
@@ -245,7 +317,7 @@ def _launch(kernel, out_type, K, C, BH, V, op, *, block_v, consumers, interpret)
     scratch = [smem(K, block_v) for _ in range(_K_BUFS)] + [smem(C, block_v) for _ in range(_C_BUFS)]
     threads = dict(num_threads=consumers + 1, thread_name="wg") if consumers > 1 else {}
     return plgpu.kernel(functools.partial(kernel, transforms=transforms), out_type=out_type, scratch_types=scratch,
-                        grid=(BH, V // (consumers * block_v)), grid_names=("bh", "vb"),
+                        grid=(BH, programs or V // (consumers * block_v)), grid_names=("bh", "vb"),
                         interpret=plgpu.InterpretGPUParams() if interpret else False, **threads)
 
 
@@ -281,38 +353,68 @@ def _check(K, V, C, block_v, consumers, stages, state_shape, expected, identity_
 
 
 def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64, stages=1, consumers=2,
-                        save=False, identity_cols=0, interpret=False):
+                        save=False, interpret=False):
     """The forward pass of dense rows: O [B, Tp, HV, V] (operand dtype) and the final (S, M) [B, HV, K, V]
     float32; save: also the chunk-start states S_c, M_c [B*HV, NC, K, V] and N_c [B*HV, NC, C, V] (operand dtype,
     the fields of `chunk_pass.PassResiduals`). s0, m0: [B, HV, K, V] float32, one sequence per row; the other
     arguments as `chunk_pass.pass_forward`'s. stages: chunks in flight (S400 fits 2 at block_v 64 with one
     consumer, 1 with two); consumers: compute warpgroups per program (1 or 2, each with its own block_v state
-    columns; 2 adds a memory warpgroup).
-
-    identity_cols (without save; `mdn_jax.pallas.seq_split`): the state has that many columns before v's, with
-    zero values and s0, m0 of identity_cols + V columns; their outputs come back as a fourth result, Psi
-    [B*HV, Tp, identity_cols] (operand dtype, head-major), and O keeps v's columns. A multiple of consumers *
-    block_v, so that each program's columns are all identity or all value columns."""
+    columns; 2 adds a memory warpgroup)."""
     B, Tp, HV, K = kt.shape
     V = v.shape[-1]
     BH, NC, C = local.t.shape[:3]
-    cols = identity_cols + V
-    if identity_cols and save:
-        raise ValueError(f"identity_cols={identity_cols} needs save=False")
-    _check(K, cols, C, block_v, consumers, stages, s0.shape, (B, HV, K, cols), identity_cols)
+    _check(K, V, C, block_v, consumers, stages, s0.shape, (B, HV, K, V))
     op = kt.dtype
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct(s0.shape, jnp.float32),
                 jax.ShapeDtypeStruct(m0.shape, jnp.float32))
-    if identity_cols:
-        out_type += (jax.ShapeDtypeStruct((BH, Tp, identity_cols), op),)
     if save:
         out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
                      jax.ShapeDtypeStruct((BH, NC, C, V), op))
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, save=save, identity_cols=identity_cols)
-    call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers,
-                   interpret=interpret)
+                               consumers=consumers, save=save)
+    call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers, interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
+
+
+def segment_bounds(num_chunks: int, segments: int) -> list[tuple[int, int]]:
+    """[first, end) chunks of each segment of `split_pass_mosaic`: sizes num_chunks // segments or one more."""
+    return [(g * num_chunks // segments, (g + 1) * num_chunks // segments) for g in range(segments)]
+
+
+def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, segments, skip_first=False,
+                      block_v=64, stages=1, consumers=2, interpret=False):
+    """The forward pass of dense rows cut along the sequence into `segments` segments of whole chunks
+    (`segment_bounds`: ragged by at most one chunk), each run from its own start over identity_cols + V state
+    columns (`mdn_jax.pallas.seq_split`): the first identity_cols = 2K with zero values, the last V with v's.
+    One program per (row x head, block of consumers * block_v columns of one segment), each of ceil(NC / G)
+    steps (a shorter segment's last step leaves its state unchanged).
+
+    local, qb, kt, p, v: as `pass_forward_mosaic`'s (the unsplit rows); s_basis, m_basis: [K, 2K + V] float32,
+    the start of S and M in every segment ([I, 0, 0] and [0, I, 0] for the split). Returns O [B, Tp, HV, V]
+    (operand dtype: each segment's output from its own start), the segments' end states fs, fm
+    [B * G, HV, K, 2K + V] float32 (segment g of row b at b G + g) and Psi [B * G * HV, ceil(NC / G) * C, 2K]
+    (operand dtype, the identity columns' outputs by position in the segment, row (b G + g) HV + head).
+    skip_first: segment 0's identity columns do not run (a zero start state: its Phi and Psi are not needed);
+    their parts of fs, fm and Psi are left unwritten."""
+    B, Tp, HV, K = kt.shape
+    V = v.shape[-1]
+    BH, NC, C = local.t.shape[:3]
+    ident, cols = 2 * K, 2 * K + V
+    _check(K, cols, C, block_v, consumers, stages, s_basis.shape, (K, cols), ident)
+    if m_basis.shape != s_basis.shape or not 1 <= segments <= NC:
+        raise ValueError(f"split pass: segments={segments} of {NC} chunks, bases {s_basis.shape}, {m_basis.shape}")
+    op = kt.dtype
+    steps = -(-NC // segments)
+    out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
+                jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
+                jax.ShapeDtypeStruct((B * segments * HV, steps * C, ident), op))
+    kernel = functools.partial(_split_kernel, num_heads=HV, segments=segments, num_chunks=NC, steps=steps,
+                               identity_cols=ident, skip_first=skip_first, block_v=block_v, stages=stages,
+                               consumers=consumers)
+    programs = split_programs(segments, V, ident, consumers * block_v, skip_first)
+    call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers, interpret=interpret,
+                   programs=programs)
+    return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s_basis, m_basis)
 
 
 def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, stages=1, consumers=2,

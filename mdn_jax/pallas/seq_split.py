@@ -21,60 +21,67 @@ import jax.numpy as jnp
 from jax import lax
 
 from mdn_jax.pallas.chunk_local import chunk_local
-from mdn_jax.pallas.mosaic_pass import pass_forward_mosaic
+from mdn_jax.pallas.mosaic_pass import split_pass_mosaic
 from mdn_jax.pallas.start_response import add_start_response, add_start_response_xla
 from mdn_jax.pallas.tuning import BlockConfig
 
 
 class SplitConfig(NamedTuple):
     """How `split_forward` runs: segments per row, the configuration of its pass over 2K + V columns (its
-    `mosaic` field set: the split runs only with the Mosaic GPU pass) and whether O + Psi x_start is the kernel
-    of `start_response` (else XLA's product and add; `tuning.split_add_kernel`)."""
+    `mosaic` field set: the split runs only with the Mosaic GPU pass), whether O + Psi x_start is the kernel
+    of `start_response` (else XLA's products and adds; `tuning.split_add_kernel`) and whether the start state is
+    known to be zero (the first segment's identity columns are then not run)."""
 
     segments: int
     cfg: BlockConfig
     add_kernel: bool = False
+    zero_start: bool = False
 
 
 def split_forward(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, *, chunk, op_dtype, interpret, split: SplitConfig):
     """O [B, Tp, HV, V] and the final (S, M) [B, HV, K, V] for dense rows (one sequence per row, N = B), as
     the unsplit pass gives them. qb, kt, p: [B, Tp, HV, K], v: [B, Tp, HV, V] (operand dtype); gates
-    [B, Tp, HV]; s0, m0: [B, HV, K, V] float32; split.segments divides Tp / chunk."""
+    [B, Tp, HV]; s0, m0: [B, HV, K, V] float32 (zero where split.zero_start: not read); split.segments <= the
+    chunks of a row."""
     B, Tp, HV, K = kt.shape
     V = v.shape[-1]
     G, cfg = split.segments, split.cfg
-    Tg = Tp // G
-    rows = lambda x: x.reshape((B * G, Tg) + x.shape[2:])  # noqa: E731  (segment g of row b is row b * G + g)
-    qb, kt, p, v, log_alpha, log_mu, beta = (rows(x) for x in (qb, kt, p, v, log_alpha, log_mu, beta))
     local = chunk_local(qb, kt, p, log_alpha, log_mu, beta, chunk=chunk, op_dtype=op_dtype, interpret=interpret,
                         num_warps=cfg.local_warps, solve_warps=cfg.solve_warps)
     acc = s0.dtype
     eye, zk, zv = jnp.eye(K, dtype=acc), jnp.zeros((K, K), acc), jnp.zeros((K, V), acc)
-    basis = lambda *blocks: jnp.broadcast_to(jnp.concatenate(blocks, axis=1), (B * G, HV, K, 2 * K + V))  # noqa: E731
-    o, fs, fm, psi = pass_forward_mosaic(local, qb, kt, p, v, basis(eye, zk, zv), basis(zk, eye, zv),
-                                         identity_cols=2 * K, interpret=interpret, **cfg.mosaic._asdict())
-    ends = jnp.concatenate([fs, fm], axis=-2).reshape(B, G, HV, 2 * K, 2 * K + V)  # [S; M] at each segment's end
-    starts, x = segment_starts(ends, jnp.concatenate([s0, m0], axis=-2))
-    starts = starts.astype(o.dtype)  # operand dtype, as the pass reads S, M
-    o, starts = o.reshape(B * G, Tg, HV, V), starts.reshape(B * G * HV, 2 * K, V)
-    if split.add_kernel:
-        o = add_start_response(o, psi, starts, interpret=interpret)
-    else:
-        o = add_start_response_xla(o, psi, starts)
-    return o.reshape(B, Tp, HV, V), x[..., :K, :], x[..., K:, :]
+    o, fs, fm, psi = split_pass_mosaic(local, qb, kt, p, v, jnp.concatenate([eye, zk, zv], axis=1),
+                                       jnp.concatenate([zk, eye, zv], axis=1), segments=G,
+                                       skip_first=split.zero_start, interpret=interpret, **cfg.mosaic._asdict())
+    fs, fm = (x.reshape(B, G, HV, K, 2 * K + V) for x in (fs, fm))
+    starts, x = segment_starts(fs, fm, None if split.zero_start else jnp.concatenate([s0, m0], axis=-2))
+    first = G - starts.shape[1]
+    if starts.shape[1]:
+        starts = starts.astype(o.dtype).reshape(B * (G - first) * HV, 2 * K, V)  # operand dtype, as the pass reads
+        add = add_start_response if split.add_kernel else add_start_response_xla
+        kw = dict(interpret=interpret) if split.add_kernel else {}
+        o = add(o, psi, starts, segments=G, first_segment=first, chunk=chunk, **kw)
+    return o, x[..., :K, :], x[..., K:, :]
 
 
-def segment_starts(ends, x0):
-    """Each segment's start state and the last one's end state from x_end = Phi x_start + x_local: G dependent
-    [2K, 2K] x [2K, V] products (0.026 ms at G = 4 on an H200). An associative scan over the segments' affine maps
-    would shorten the chain to ~2 log2 G steps but multiply the float32 arithmetic ~3x (the maps' [2K, 2K + V]
-    products at every level): not worth it at the few segments the split uses.
+def segment_starts(fs, fm, x0):
+    """Each segment's start state and the last one's end state from x_end = Phi x_start + x_local, [S; M] = x:
+    dependent [2K, 2K] x [2K, V] products, one per segment after the first (0.026 ms for four on an H200). An
+    associative scan over the segments' affine maps would shorten the chain to ~2 log2 G steps but multiply the
+    float32 arithmetic ~3x (the maps' [2K, 2K + V] products at every level): not worth it at the few segments
+    the split uses.
 
-    ends: [B, G, HV, 2K, 2K + V] = [Phi | x_local] per segment, x0: [B, HV, 2K, V] (float32). Returns starts
-    [B, G, HV, 2K, V] and x_end [B, HV, 2K, V]."""
-    n = x0.shape[-2]
-    x, starts = x0, []
-    for g in range(ends.shape[1]):
+    fs, fm: [B, G, HV, K, 2K + V], the S and M rows of [Phi | x_local] per segment (float32); x0: [B, HV, 2K, V],
+    or None for a zero start (segment 0's Phi is then not read). Returns starts [B, G', HV, 2K, V] of segments
+    G - G' .. G - 1 (G' = G, or G - 1 without x0: segment 0's start is zero) and x_end [B, HV, 2K, V]."""
+    n = 2 * fs.shape[-2]
+    local_end = lambda g: jnp.concatenate([fs[:, g, ..., n:], fm[:, g, ..., n:]], axis=-2)  # noqa: E731
+    x, first = (local_end(0), 1) if x0 is None else (x0, 0)
+    starts = []
+    for g in range(first, fs.shape[1]):
         starts.append(x)
-        x = jnp.einsum("bhij,bhjv->bhiv", ends[:, g, ..., :n], x, precision=lax.Precision.HIGHEST) + ends[:, g, ..., n:]
+        x = jnp.concatenate([jnp.einsum("bhij,bhjv->bhiv", f[:, g, ..., :n], x, precision=lax.Precision.HIGHEST)
+                             + f[:, g, ..., n:] for f in (fs, fm)], axis=-2)
+    if not starts:
+        return jnp.zeros(x.shape[:1] + (0,) + x.shape[1:], x.dtype), x
     return jnp.stack(starts, axis=1), x

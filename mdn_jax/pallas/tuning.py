@@ -116,6 +116,12 @@ def has_wgmma() -> bool:
     return capability is not None and str(capability).split(".")[0] == "9"
 
 
+def _mosaic_fields(K: int) -> MosaicConfig:
+    base = _MOSAIC if K <= 128 else _MOSAIC_WIDE_K
+    return MosaicConfig(block_v=_env("MDN_MOSAIC_BLOCK_V", base.block_v), stages=_env("MDN_MOSAIC_STAGES", base.stages),
+                        consumers=_env("MDN_MOSAIC_CONSUMERS", base.consumers))
+
+
 def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
                   interpret: bool) -> MosaicConfig | None:
     """The Mosaic GPU passes' configuration where they should replace the Triton passes (None: the Triton ones);
@@ -136,9 +142,7 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     mode = os.environ.get("MDN_MOSAIC", "auto")
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"MDN_MOSAIC must be 'auto', '0' or '1', got {mode!r}")
-    base = _MOSAIC if K <= 128 else _MOSAIC_WIDE_K
-    cfg = MosaicConfig(block_v=_env("MDN_MOSAIC_BLOCK_V", base.block_v), stages=_env("MDN_MOSAIC_STAGES", base.stages),
-                       consumers=_env("MDN_MOSAIC_CONSUMERS", base.consumers))
+    cfg = _mosaic_fields(K)
     sixteen_bit = jnp.dtype(op_dtype).itemsize == 2  # wgmma operands (float32 only in interpret mode)
     if mode == "0" or not dense or not (sixteen_bit or interpret):
         return None
@@ -148,36 +152,62 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     return cfg if measured and not interpret and has_wgmma() else None
 
 
-def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: bool) -> int:
+def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: bool, zero_start: bool = False,
+                       sms: int | None = None) -> int:
     """Segments per row of the forward without differentiation (`mdn_jax.pallas.seq_split`; 1: no split).
 
-    Env MDN_SEQ_SPLIT: 'auto' (default) or a number of segments (1: never split; it must divide the chunks of a
-    row). The split runs only where its pass would be the Mosaic GPU one (`mosaic_config` for the G times as many
-    rows of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows at K <= 128 (K = 256 not
+    Env MDN_SEQ_SPLIT: 'auto' (default) or a number of segments (1: never split; at most the chunks of a row).
+    The split runs only where its pass would be the Mosaic GPU one (`mosaic_config` for the G times as many rows
+    of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows at K <= 128 (K = 256 not
     measured) only where the pass alone has too few programs even at the Triton passes' smallest block (rows * V /
-    `_MIN_BLOCK_V` < `_FEW_PROGRAMS`): into the fewest power-of-two segments that give at least `_SPLIT_ROWS`
-    segment rows, each of at least `_SPLIT_MIN_CHUNKS` chunks. H200, S400 at B=1, T=32768 (6 rows, 512 chunks),
-    interleaved: forward 1.476 ms with 4 segments, 1.485 with 16, 1.683 unsplit
-    (experiments/results/h200_2026-12-04_362b8f1); in the first version (zeros concatenated to v,
-    h200_2026-12-04_816090b) 8 segments were slower than 4 and 16 (1.662 vs 1.610, 1.612) and 32 far slower (1.891);
-    S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs 0.567).
+    `_MIN_BLOCK_V` < `_FEW_PROGRAMS`), into the G of least modelled time (`split_cost`), with segments of at least
+    `_SPLIT_MIN_CHUNKS` chunks. zero_start: no initial state (the first segment's identity columns are not run);
+    sms: the GPU's multiprocessors (default: the device's, else 132). Measured: S400 at B=1, T=32768
+    (6 rows, 512 chunks), H200, forward 1.476 ms with 4 segments, 1.485 with 16, 1.683 unsplit
+    (experiments/results/h200_2026-12-04_362b8f1); S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs
+    0.567).
     """
     mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
     if mode != "auto":
         segments = int(mode)
-        if segments < 1 or num_chunks % segments:
-            raise ValueError(f"MDN_SEQ_SPLIT={segments} must be >= 1 and divide the {num_chunks} chunks of a row")
+        if not 1 <= segments <= num_chunks:
+            raise ValueError(f"MDN_SEQ_SPLIT={segments} must be between 1 and the {num_chunks} chunks of a row")
         return segments if dense else 1
     if not dense or K > 128 or rows * V // _MIN_BLOCK_V >= _FEW_PROGRAMS:
         return 1
-    segments = 1
-    while rows * segments < _SPLIT_ROWS and num_chunks % (2 * segments) == 0 \
-            and num_chunks // (2 * segments) >= _SPLIT_MIN_CHUNKS:
-        segments *= 2
-    return segments
+    sms = sms or sm_count()
+    fields = _mosaic_fields(K)
+    width = fields.consumers * fields.block_v  # one program's state columns in the split's pass
+    candidates = range(2, num_chunks // _SPLIT_MIN_CHUNKS + 1)
+    costs = {G: split_cost(G, rows, num_chunks, K, V, zero_start=zero_start, width=width, sms=sms)
+             for G in candidates}
+    return min(costs, key=lambda G: (costs[G], G)) if costs else 1
 
 
-_SPLIT_ROWS, _SPLIT_MIN_CHUNKS = 24, 16
+_SPLIT_MIN_CHUNKS = 16
+_SEGMENT_COST = 3  # chunk steps of XLA work per segment (the recurrence's float32 product, slices, the starts)
+
+
+def split_cost(segments: int, rows: int, num_chunks: int, K: int, V: int, *, zero_start: bool, width: int,
+               sms: int) -> int:
+    """The split's modelled time in chunk steps of its pass: one program per SM (its shared memory), so
+    ceil(programs / sms) waves of ceil(NC / G) steps (~7.1 us each on an H100 at S400's K, V), plus
+    `_SEGMENT_COST` per segment. Programs per row: 2K / width identity and V / width value programs per segment,
+    no identity ones in the first segment from a zero start (`split_programs`). H100, S400 at B=1, T=32768
+    (ff2ab94): 96 programs x 128 steps at 4 segments, 384 x 32 (3 waves) at 16; the pass 0.906 and 0.720 ms, the
+    XLA work around it 0.19 ms more at 16."""
+    programs = rows * split_programs(segments, V, 2 * K, width, zero_start)
+    return -(-programs // sms) * -(-num_chunks // segments) + _SEGMENT_COST * segments
+
+
+def split_programs(segments: int, V: int, identity_cols: int, width: int, skip_first: bool) -> int:
+    """Programs per (row, head) of `mosaic_pass.split_pass_mosaic` (width: one program's state columns)."""
+    return segments * V // width + (segments - int(skip_first)) * identity_cols // width
+
+
+def sm_count() -> int:
+    """Multiprocessors of the first device (132 where it does not say: an H100/H200)."""
+    return getattr(jax.devices()[0], "core_count", None) or 132
 
 
 def split_add_kernel() -> bool:
