@@ -4,13 +4,16 @@ The sequential pass runs one program per (row, value block) over all chunks of a
 T = 32768 it has too few programs for the GPU and 512 dependent chunk steps each. The recurrence is affine in the
 state x = [S; M] ([2K, V]) with the value columns independent of each other: over a segment of the sequence,
 x_end = Phi x_start + x_local and O = O_local + Psi x_start, where Phi [2K, 2K] and Psi [Tg, 2K] depend only on
-q, k and the gates. So the rows are cut into G segments of Tg = T / G, and one Mosaic GPU pass over the
-B * G * HV segment rows runs 2K + V state columns: the first 2K start from the identity ([I, 0] for S, [0, I]
-for M) with zero values, giving Phi (their final states) and Psi (their outputs, head-major); the last V from a
-zero state, giving x_local and O_local. A G-step recurrence of [2K, 2K] x [2K, V] products gives each segment's
-true x_start, and one batched product adds Psi x_start to the outputs. That is (2K + V) / V times the pass's
-arithmetic (2x at K = 128, V = 256) in G times as many programs of G times fewer steps. H200, S400 at B=1,
-T=32768: forward 1.476 ms with 4 segments against 1.683 unsplit (experiments/results/h200_2026-12-04_362b8f1).
+q, k and the gates. So the rows are cut into G segments of whole chunks (ragged by at most one chunk where G does
+not divide them), and one Mosaic GPU pass (`mosaic_pass.split_pass_mosaic`) runs every segment over 2K + V state
+columns: the first 2K start from the identity ([I, 0] for S, [0, I] for M) with zero values, giving Phi (their
+final states) and Psi (their outputs, head-major); the last V from a zero state, giving x_local and O_local. From
+a zero start state (no initial state given) the first segment's identity columns are not run: its start is zero,
+so x_1 = x_local_0 and its outputs are final. A recurrence of [2K, 2K] x [2K, V] products gives each later
+segment's true x_start, and one kernel adds Psi x_start to its outputs (`start_response`). That is (2K + V) / V
+times the pass's arithmetic (2x at K = 128, V = 256) in about G times as many programs of G times fewer steps;
+`tuning.split_cost` picks G by waves of one program per SM. H200, S400 at B=1, T=32768: forward 1.476 ms with 4
+equal segments against 1.683 unsplit (experiments/results/h200_2026-12-04_362b8f1).
 """
 
 from __future__ import annotations
