@@ -9,7 +9,8 @@ and decays) arrive by TMA, and the eight products of a chunk step run as wgmma f
     S' = a_L S - b_L M + Kt^T diag(Gamma_L) N,   M' = m_L M - Kt^T diag(rho) N.
 
 `split_pass_mosaic` runs the same step over the segments of `mdn_jax.pallas.seq_split` (identity columns in front of
-v's, ragged segments, one program per segment and column block). The reverse sweep (`sweep_mosaic`) runs the chunks backwards with the same machinery and the seven products of
+v's, ragged segments, one program per segment and column block). The reverse sweep (`sweep_mosaic`) runs the
+chunks backwards with the same machinery and the seven products of
 `chunk_pass._bwd_kernel`'s step. consumers=1: one warpgroup loads (`plgpu.emit_pipeline`, `stages` chunks in
 flight) and computes block_v columns; consumers=2: two compute warpgroups of block_v columns each share the K-side
 tiles that a memory warpgroup brings (`plgpu.emit_pipeline_warp_specialized`): half the programs and half the
