@@ -52,6 +52,9 @@ def test_mosaic_passes_for_dense_s400_on_the_gpu_only(monkeypatch):
     assert tuning.mosaic_config(64, 128, 8 * 6, jnp.bfloat16, dense=True, interpret=False) is None  # not measured
     assert tuning.mosaic_config(128, 256, 6, jnp.bfloat16, dense=True, interpret=False) is None  # few programs
     assert tuning.mosaic_config(256, 512, 6, jnp.bfloat16, dense=True, interpret=False) is None
+    # the sequence split's pass over 2K + V columns: its programs were weighed by seq_split_segments
+    assert tuning.mosaic_config(128, 512, 2 * 6, jnp.bfloat16, dense=True, interpret=False, split=True) == cfg
+    assert tuning.mosaic_config(128, 512, 2 * 6, jnp.bfloat16, dense=True, interpret=False) is None
 
 
 def test_mosaic_env_switch(monkeypatch):

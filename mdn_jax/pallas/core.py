@@ -98,8 +98,8 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 def _mosaic_pass(K, V, C, rows, op_dtype, dense, interpret, identity_cols=0):
     """The Mosaic GPU passes' configuration where `tuning.mosaic_config` picks them and their kernels take the
-    shapes (`mosaic_pass.supported`), else None (the Triton passes)."""
-    mosaic = mosaic_config(K, V, rows, op_dtype, dense=dense, interpret=interpret)
+    shapes (`mosaic_pass.supported`), else None (the Triton passes); identity_cols > 0: the sequence split's pass."""
+    mosaic = mosaic_config(K, V, rows, op_dtype, dense=dense, interpret=interpret, split=identity_cols > 0)
     if mosaic is None or not mosaic_supports(K, V, C, mosaic.block_v, mosaic.consumers, identity_cols, mosaic.stages):
         return None
     return mosaic

@@ -122,8 +122,8 @@ def _mosaic_fields(K: int) -> MosaicConfig:
                         consumers=_env("MDN_MOSAIC_CONSUMERS", base.consumers))
 
 
-def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
-                  interpret: bool) -> MosaicConfig | None:
+def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool, interpret: bool,
+                  split: bool = False) -> MosaicConfig | None:
     """The Mosaic GPU passes' configuration where they should replace the Triton passes (None: the Triton ones);
     the caller also checks the kernels' shape limits (`mosaic_pass.supported`).
 
@@ -134,10 +134,11 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
     0.77. At K = 256 two consumers fit shared memory at block_v 32, one stage (`_MOSAIC_WIDE_K`,
     `mosaic_pass.smem_bytes`): H100, 1.3B (B=4, H=6, K=256, V=512), op forward+backward 5.26 ms vs 6.90 with the
     Triton passes, interleaved (experiments/results/h100_2026-12-05_020ff85). Other K keep the Triton passes
-    (not measured). With few programs (rows * V / block_v <
-    `_FEW_PROGRAMS`, e.g. one long sequence) the Triton passes split V finer. Env MDN_MOSAIC_BLOCK_V,
-    MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the configuration's fields (for tuning runs; a configuration
-    outside `mosaic_pass.supported` at the op's shapes leaves the Triton passes, as every shape outside it does).
+    (not measured). With few programs (rows * V / block_v < `_FEW_PROGRAMS`, e.g. one long sequence) the Triton
+    passes split V finer; split: the sequence split's pass (`seq_split_segments` weighed its programs, and it has
+    no Triton form), which skips that test. Env MDN_MOSAIC_BLOCK_V, MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS
+    override the configuration's fields (for tuning runs; a configuration outside `mosaic_pass.supported` at the
+    op's shapes leaves the Triton passes, as every shape outside it does).
     """
     mode = os.environ.get("MDN_MOSAIC", "auto")
     if mode not in ("auto", "0", "1"):
@@ -148,7 +149,7 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool,
         return None
     if mode == "1":
         return cfg
-    measured = K in (128, 256) and rows * V // cfg.block_v >= _FEW_PROGRAMS
+    measured = K in (128, 256) and (split or rows * V // cfg.block_v >= _FEW_PROGRAMS)
     return cfg if measured and not interpret and has_wgmma() else None
 
 
