@@ -248,8 +248,10 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
                              value_blocks=v_ref.shape[-1] // width, identity_blocks=identity_cols // width,
                              skip_first=int(skip_first))
 
+    ragged = num_chunks % segments != 0
+
     def chunk(s, x):  # a short segment repeats its last chunk as its last step (kept out of the state: keep = 0)
-        return x.first + jnp.minimum(s, x.size - 1)
+        return x.first + (jnp.minimum(s, x.size - 1) if ragged else s)
 
     # the chunk and v's block are computed inside the index maps: with both closed over as values of the kernel's
     # scope the interpreter hung with two consumers (either one alone did not)
@@ -269,7 +271,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
     # there hung the interpreter with two consumers)
     def step(s, tiles, mine, carry, vs):
         y = plan()
-        valid = s < y.size
+        valid = s < y.size if ragged else True  # segments of equal size: no step is masked (nothing to keep live)
 
         def write_o(src, c, vs):  # O's tile at its position; identity columns: Psi's at the segment's step
             @pl.when(valid & y.is_value)
@@ -282,7 +284,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
                 plgpu.copy_smem_to_gmem(src, psi_ref.at[y.seg_row * num_heads + y.head, pl.ds(s * C, C), vs])
 
         return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs,
-                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32))
+                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32) if ragged else None)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=steps, block_v=block_v, stages=stages, consumers=consumers,
