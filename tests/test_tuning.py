@@ -121,13 +121,14 @@ def test_prep_config_env(monkeypatch):
 
 def test_seq_split_only_for_few_long_dense_rows():
     split = functools.partial(tuning.seq_split_segments, sms=132)
-    # S400 at B=1, T=32768 (6 rows of 512 chunks) on 132 SMs: from a zero start 6 segments of 85 or 86 chunks,
-    # 6 x 22 = 132 programs (segment 0 without identity columns), one wave of 86 steps; from a given start 5
-    # (120 programs, 103 steps)
-    assert split(6, 512, 128, 256, dense=True, zero_start=True) == 6
-    assert split(6, 512, 128, 256, dense=True) == 5
+    # S400 at B=1, T=32768 (6 rows of 512 chunks) on 132 SMs, segments of equal size only: 4 (from a zero start
+    # 6 x 14 = 84 programs, segment 0 without identity columns; else 96), one wave of 128 steps
+    assert split(6, 512, 128, 256, dense=True, zero_start=True) == 4
+    assert split(6, 512, 128, 256, dense=True) == 4
     assert split(2, 1024, 128, 256, dense=True) == 16  # 128 programs of 64 steps
-    assert split(2, 128, 128, 256, dense=True) == 6  # segments of at least 16 chunks; ties go to fewer segments
+    assert split(2, 128, 128, 256, dense=True) == 8  # segments of at least 16 chunks
+    assert split(2, 96, 128, 256, dense=True) == 6  # 96 = 6 x 16: the divisors 2, 3, 4 and 6
+    assert split(2, 97, 128, 256, dense=True) == 1  # 97 chunks: no equal segments
     assert split(6, 16, 128, 256, dense=True) == 1
     assert split(24, 64, 128, 256, dense=True) == 1  # S400 at B=4: enough programs unsplit
     assert split(48, 64, 128, 256, dense=True) == 1

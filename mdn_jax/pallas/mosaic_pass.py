@@ -391,7 +391,8 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     (`segment_bounds`: ragged by at most one chunk), each run from its own start over identity_cols + V state
     columns (`mdn_jax.pallas.seq_split`): the first identity_cols = 2K with zero values, the last V with v's.
     One program per (row x head, block of consumers * block_v columns of one segment), each of ceil(NC / G)
-    steps (a shorter segment's last step leaves its state unchanged).
+    steps (a shorter segment's last step leaves its state unchanged: where G does not divide NC every step is
+    masked, ~2x the time per step on an H100 at 6b3a989).
 
     local, qb, kt, p, v: as `pass_forward_mosaic`'s (the unsplit rows); s_basis, m_basis: [K, 2K + V] float32,
     the start of S and M in every segment ([I, 0, 0] and [0, I, 0] for the split). Returns O [B, Tp, HV, V]

@@ -161,12 +161,13 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     The split runs only where its pass would be the Mosaic GPU one (`mosaic_config` for the G times as many rows
     of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows at K <= 128 (K = 256 not
     measured) only where the pass alone has too few programs even at the Triton passes' smallest block (rows * V /
-    `_MIN_BLOCK_V` < `_FEW_PROGRAMS`), into the G of least modelled time (`split_cost`), with segments of at least
+    `_MIN_BLOCK_V` < `_FEW_PROGRAMS`), into the G of least modelled time (`split_cost`) among those that divide the
+    chunks (ragged segments run, through the env, at ~2x the time per step), with segments of at least
     `_SPLIT_MIN_CHUNKS` chunks. zero_start: no initial state (the first segment's identity columns are not run);
-    sms: the GPU's multiprocessors (default: the device's, else 132). Measured: S400 at B=1, T=32768
-    (6 rows, 512 chunks), H200, forward 1.476 ms with 4 segments, 1.485 with 16, 1.683 unsplit
-    (experiments/results/h200_2026-12-04_362b8f1); S400 at B=4 (24 rows, 64 chunks) lost with 2 (0.877 vs
-    0.567).
+    sms: the GPU's multiprocessors (default: the device's, else 132). Measured, S400 at B=1, T=32768 (6 rows, 512
+    chunks), forward, zero start, H100, interleaved (experiments/results/h100_2026-12-07_6b3a989): 1.387-1.390 ms
+    with 4 segments, 1.447 with 16, 1.478 with 8, 2.179 with 2, 1.802 with 6 (ragged), 1.661 unsplit; S400 at
+    B=4 (24 rows, 64 chunks) lost with 2 (H200: 0.877 vs 0.567).
     """
     mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
     if mode != "auto":
@@ -179,7 +180,8 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     sms = sms or sm_count()
     fields = _mosaic_fields(K)
     width = fields.consumers * fields.block_v  # one program's state columns in the split's pass
-    candidates = range(2, num_chunks // _SPLIT_MIN_CHUNKS + 1)
+    # segments of equal size only: ragged ones mask each step of the pass, ~2x its time per step (H100, 6b3a989)
+    candidates = [G for G in range(2, num_chunks // _SPLIT_MIN_CHUNKS + 1) if num_chunks % G == 0]
     costs = {G: split_cost(G, rows, num_chunks, K, V, zero_start=zero_start, width=width, sms=sms)
              for G in candidates}
     return min(costs, key=lambda G: (costs[G], G)) if costs else 1
