@@ -37,7 +37,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
-from mdn_jax.pallas.mosaic_common import ROW, products, smem_transforms
+from mdn_jax.pallas.mosaic_common import ROW, accumulate, in_place, products, smem_transforms
 from mdn_jax.pallas.tuning import split_programs
 
 
@@ -47,12 +47,14 @@ def _row_scales(vec_s, C, block_v):
             for i, name in enumerate(VECS)}
 
 
-def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values=None, keep=None):
+def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, *, acc_in_place, values=None, keep=None):
     """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile by write_o(o_smem, c,
     vs) (and with res_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
-    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch; values: None, or a scalar 0/1 that
-    scales the value tile (0: the identity columns of `mdn_jax.pallas.seq_split`); keep: None, or a scalar 0/1
-    (0: the step leaves the state as it is, a ragged segment's step past its end)."""
+    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch; acc_in_place: S' and M' accumulate
+    their key products in wgmma accumulators initialised with the decayed states (`mosaic_common.accumulate`; no
+    second pair of [K, block_v] float32 tiles live); values: None, or a scalar 0/1 that scales the value tile (0:
+    the identity columns of `mdn_jax.pallas.seq_split`); keep: None, or a scalar 0/1 (0: the step leaves the state
+    as it is, a ragged segment's step past its end: the decays become 1, 0, 1 and the key products' operands 0)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
     S, M = carry
@@ -74,8 +76,9 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values=None, k
     plgpu.commit_smem()
     (n,) = products((t_s, rn_smem))
     rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
-    gn_smem[...] = (col["g_last"] * n).astype(op)
-    hn_smem[...] = (col["rho"] * n).astype(op)
+    g_last, rho = (col["g_last"], col["rho"]) if keep is None else (col["g_last"] * keep, col["rho"] * keep)
+    gn_smem[...] = (g_last * n).astype(op)
+    hn_smem[...] = (-rho * n).astype(op)  # M' = m_l M + Kt^T (-rho N)
     plgpu.commit_smem()
     if res_refs:
         plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
@@ -84,11 +87,11 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values=None, k
     plgpu.commit_smem()
     write_o(o_smem, c, vs)
     kt_t = kt_s.transpose((1, 0))
-    ks, km = products((kt_t, gn_smem), (kt_t, hn_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
     if keep is not None:  # exact at keep = 1; S, M unchanged at keep = 0
-        a_l, b_l, m_l, ks, km = keep * a_l + (1 - keep), keep * b_l, keep * m_l + (1 - keep), keep * ks, keep * km
-    return a_l * S - b_l * M + ks, m_l * M - km
+        a_l, b_l, m_l = keep * a_l + (1 - keep), keep * b_l, keep * m_l + (1 - keep)
+    return accumulate([(a_l * S - b_l * M, [(kt_t, gn_smem)]), (m_l * M, [(kt_t, hn_smem)])],
+                      in_place=acc_in_place, stored=True)
 
 
 def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
@@ -189,7 +192,7 @@ def _state_io(row, head, srcs, dsts):
 
 
 def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
-            *refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms):
+            *refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, acc_in_place, transforms):
     out_refs, bufs = refs_and_bufs[:3 * save], refs_and_bufs[3 * save:]
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
@@ -201,7 +204,7 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
         plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, vs])
 
     def step(c, tiles, mine, carry, vs):
-        return _chunk_step(c, tiles, mine, carry, write_o, out_refs, bh, vs)
+        return _chunk_step(c, tiles, mine, carry, write_o, out_refs, bh, vs, acc_in_place=acc_in_place)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
@@ -241,7 +244,7 @@ def _split_program(*, num_heads, segments, num_chunks, value_blocks, identity_bl
 
 def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s_basis, m_basis, o_ref, fs_ref,
                   fm_ref, psi_ref, *bufs, num_heads, segments, num_chunks, steps, identity_cols, skip_first, block_v,
-                  stages, consumers, transforms):
+                  stages, consumers, acc_in_place, transforms):
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
     width = consumers * block_v
     plan = functools.partial(_split_program, num_heads=num_heads, segments=segments, num_chunks=num_chunks,
@@ -283,7 +286,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
             def _():
                 plgpu.copy_smem_to_gmem(src, psi_ref.at[y.seg_row * num_heads + y.head, pl.ds(s * C, C), vs])
 
-        return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs,
+        return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs, acc_in_place=acc_in_place,
                            values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32) if ragged else None)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
@@ -375,7 +378,7 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
         out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
                      jax.ShapeDtypeStruct((BH, NC, C, V), op))
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, save=save)
+                               consumers=consumers, save=save, acc_in_place=in_place(interpret))
     call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers, interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
 
@@ -415,7 +418,7 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
                 jax.ShapeDtypeStruct((B * segments * HV, steps * C, ident), op))
     kernel = functools.partial(_split_kernel, num_heads=HV, segments=segments, num_chunks=NC, steps=steps,
                                identity_cols=ident, skip_first=skip_first, block_v=block_v, stages=stages,
-                               consumers=consumers)
+                               consumers=consumers, acc_in_place=in_place(interpret))
     programs = split_programs(segments, V, ident, consumers * block_v, skip_first)
     call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers, interpret=interpret,
                    programs=programs)
