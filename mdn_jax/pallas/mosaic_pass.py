@@ -94,10 +94,11 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, *, acc_in_plac
                       in_place=acc_in_place, stored=True)
 
 
-def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
+def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs, *, acc_in_place):
     """One chunk of the reverse sweep (adjoint recurrence, T form, `chunk_pass._bwd_kernel`) for one [K, block_v]
     block of (lS, lM): writes lS, lM and dN of the chunk by TMA (waited for at the next step) and returns the
-    cotangents of the chunk-start states."""
+    cotangents of the chunk-start states. acc_in_place: as `_chunk_step`'s (two accumulators of two products
+    each onto the decayed lS, lM, instead of four fresh ones)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, do_s = tiles
     ls_smem, lm_smem, dn_smem, ado_smem, bdo_smem, ew_smem = bufs
     ls_ref, lm_ref, dn_ref = out_refs
@@ -116,17 +117,18 @@ def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
     do = do_s[...].astype(f32)
     dn_smem[...] = (attn_do + col["g_last"] * k_ls - col["rho"] * k_lm).astype(op)
     ado_smem[...] = (col["a"] * do).astype(op)
-    bdo_smem[...] = (col["b"] * do).astype(op)
+    bdo_smem[...] = (-col["b"] * do).astype(op)  # lM' takes -Qb^T (b dO)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(dn_smem, dn_ref.at[bh, c, :, vs])
     (w,) = products((T(t_s), dn_smem))  # W = T^T dN
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: diag(d) W goes there
-    dn_smem[...] = (col["d"] * w).astype(op)
+    dn_smem[...] = (-col["d"] * w).astype(op)  # lS' takes -P^T (d W)
     ew_smem[...] = (col["e"] * w).astype(op)
     plgpu.commit_smem()
-    q_a, q_b, p_d, p_e = products((T(qb_s), ado_smem), (T(qb_s), bdo_smem), (T(p_s), dn_smem), (T(p_s), ew_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
-    return a_l * lS + q_a - p_d, -b_l * lS + m_l * lM - q_b + p_e
+    return accumulate([(a_l * lS, [(T(qb_s), ado_smem), (T(p_s), dn_smem)]),
+                       (m_l * lM - b_l * lS, [(T(qb_s), bdo_smem), (T(p_s), ew_smem)])],
+                      in_place=acc_in_place, stored=True)
 
 
 def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block_v, stages, consumers,
@@ -295,7 +297,8 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
 
 
 def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref,
-                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms):
+                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, acc_in_place,
+                  transforms):
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
@@ -304,7 +307,7 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
     start, finish = _state_io(row, head, (gfs_ref, gfm_ref), (ds0_ref, dm0_ref))
 
     def step(s, tiles, mine, carry, vs):
-        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs)
+        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs, acc_in_place=acc_in_place)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
@@ -440,7 +443,7 @@ def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, st
                 jax.ShapeDtypeStruct((BH, NC, C, V), op), jax.ShapeDtypeStruct(gfs.shape, jnp.float32),
                 jax.ShapeDtypeStruct(gfm.shape, jnp.float32))
     kernel = functools.partial(_sweep_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers)
+                               consumers=consumers, acc_in_place=in_place(interpret))
     call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers,
                    interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, do.astype(op), gfs, gfm)
