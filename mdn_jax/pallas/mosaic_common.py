@@ -31,13 +31,14 @@ def smem_transforms(cols: int, itemsize: int, interpret: bool):
     return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
 
 
-def in_place(interpret: bool) -> bool:
-    """Whether `accumulate` runs its products in accumulators initialised with the addends (`ACC.init`: no second
-    set of registers), the GPU default, or in fresh accumulators added afterwards (interpret mode, whose
-    interpreter cannot run wgmma on an initialised accumulator; `MDN_MOSAIC_ACC=fresh` on the GPU, for timing)."""
-    mode = os.environ.get("MDN_MOSAIC_ACC", "inplace")
+def in_place(interpret: bool, env: str = "MDN_MOSAIC_ACC") -> bool:
+    """Whether `accumulate` runs its products in accumulators initialised with the addends (no second set of
+    registers), the GPU default, or in fresh accumulators added afterwards (interpret mode, whose interpreter
+    cannot run wgmma on an initialised accumulator; env=fresh on the GPU, for timing). env: MDN_MOSAIC_ACC for the
+    pass-cotangent kernel, MDN_MOSAIC_PASS_ACC for the sequential passes' state updates."""
+    mode = os.environ.get(env, "inplace")
     if mode not in ("inplace", "fresh"):
-        raise ValueError(f"MDN_MOSAIC_ACC must be 'inplace' or 'fresh', got {mode!r}")
+        raise ValueError(f"{env} must be 'inplace' or 'fresh', got {mode!r}")
     return not interpret and mode == "inplace"
 
 

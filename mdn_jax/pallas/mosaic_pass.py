@@ -313,6 +313,12 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
 
 
+def _pass_acc_in_place(interpret: bool) -> bool:
+    """The passes' state updates accumulate in place (`mosaic_common.in_place`; env MDN_MOSAIC_PASS_ACC=fresh:
+    fresh accumulators added afterwards, the form before 998b272, for timing)."""
+    return in_place(interpret, "MDN_MOSAIC_PASS_ACC")
+
+
 _K_BUFS, _C_BUFS = 2, 4  # each consumer's scratch tiles: [K, block_v] (S, M or lS, lM) and [C, block_v]
 
 
@@ -381,7 +387,7 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
         out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
                      jax.ShapeDtypeStruct((BH, NC, C, V), op))
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, save=save, acc_in_place=in_place(interpret))
+                               consumers=consumers, save=save, acc_in_place=_pass_acc_in_place(interpret))
     call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers, interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
 
@@ -421,7 +427,7 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
                 jax.ShapeDtypeStruct((B * segments * HV, steps * C, ident), op))
     kernel = functools.partial(_split_kernel, num_heads=HV, segments=segments, num_chunks=NC, steps=steps,
                                identity_cols=ident, skip_first=skip_first, block_v=block_v, stages=stages,
-                               consumers=consumers, acc_in_place=in_place(interpret))
+                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret))
     programs = split_programs(segments, V, ident, consumers * block_v, skip_first)
     call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers, interpret=interpret,
                    programs=programs)
@@ -443,7 +449,7 @@ def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, st
                 jax.ShapeDtypeStruct((BH, NC, C, V), op), jax.ShapeDtypeStruct(gfs.shape, jnp.float32),
                 jax.ShapeDtypeStruct(gfm.shape, jnp.float32))
     kernel = functools.partial(_sweep_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, acc_in_place=in_place(interpret))
+                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret))
     call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers,
                    interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, do.astype(op), gfs, gfm)
