@@ -28,6 +28,7 @@ transforms, which the interpreter rejects.
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -167,14 +168,16 @@ def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block
             num_compute_wgs=consumers, max_concurrent_steps=stages, compute_context=run)(*gmem)
 
 
-def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms, value_index=None):
+def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms, value_index=None, scalars_index=None):
     """BlockSpecs of a chunk's tiles (vecs, decay, T, attn, Qb, Kt, P and the value-side [C, v_cols] tile, block vb
     of its columns), chunk chunk_index(step) at pipeline step `step`; value_index(step): the value-side tile's
-    block index instead of (row, chunk, head, vb)."""
+    block index instead of (row, chunk, head, vb); scalars_index(step): the chunk of the vecs and decay tiles
+    instead of chunk_index(step)."""
     spec = functools.partial(plgpu.BlockSpec, transforms=transforms)
     ci = chunk_index
-    specs = [plgpu.BlockSpec((None, None, len(VECS), C), lambda s: (bh, ci(s), 0, 0)),
-             plgpu.BlockSpec((None, None, C), lambda s: (bh, ci(s), 0)),
+    si = scalars_index or chunk_index
+    specs = [plgpu.BlockSpec((None, None, len(VECS), C), lambda s: (bh, si(s), 0, 0)),
+             plgpu.BlockSpec((None, None, C), lambda s: (bh, si(s), 0)),
              spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0)),
              spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0))]
     specs += [spec((None, C, None, K), lambda s: (row, ci(s), head, 0)) for _ in range(3)]
@@ -246,7 +249,7 @@ def _split_program(*, num_heads, segments, num_chunks, value_blocks, identity_bl
 
 def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s_basis, m_basis, o_ref, fs_ref,
                   fm_ref, psi_ref, *bufs, num_heads, segments, num_chunks, steps, identity_cols, skip_first, block_v,
-                  stages, consumers, acc_in_place, transforms):
+                  stages, consumers, acc_in_place, identity_chunk, transforms):
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
     width = consumers * block_v
     plan = functools.partial(_split_program, num_heads=num_heads, segments=segments, num_chunks=num_chunks,
@@ -255,14 +258,23 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
 
     ragged = num_chunks % segments != 0
 
-    def chunk(s, x):  # a short segment repeats its last chunk as its last step (kept out of the state: keep = 0)
+    def chunk(s, x):  # a short segment repeats its last chunk as its last step (kept out of the state)
         return x.first + (jnp.minimum(s, x.size - 1) if ragged else s)
+
+    # identity_chunk: the vecs and decay tables end in an identity chunk (decays 1, 0, 1; g_last = rho = 0) that a
+    # short segment's last step reads, so that no step is masked; else that step is masked by keep = 0
+    masked = ragged and not identity_chunk
+
+    def scalars_chunk(s):
+        x = plan()
+        return jnp.where(s < x.size, x.first + s, num_chunks)
 
     # the chunk and v's block are computed inside the index maps: with both closed over as values of the kernel's
     # scope the interpreter hung with two consumers (either one alone did not)
     x = plan()
     in_specs = _chunk_specs(lambda s: chunk(s, plan()), x.bh, x.row, x.head, None, C, K, width, transforms,
-                            value_index=lambda s: (plan().row, chunk(s, plan()), plan().head, plan().v_block))
+                            value_index=lambda s: (plan().row, chunk(s, plan()), plan().head, plan().v_block),
+                            scalars_index=scalars_chunk if ragged and identity_chunk else None)
 
     def start(vs):
         return tuple(plgpu.load(r.at[:, vs], layout=plgpu.Layout.WGMMA, optimized=False) for r in (s_basis, m_basis))
@@ -289,7 +301,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
                 plgpu.copy_smem_to_gmem(src, psi_ref.at[y.seg_row * num_heads + y.head, pl.ds(s * C, C), vs])
 
         return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs, acc_in_place=acc_in_place,
-                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32) if ragged else None)
+                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32) if masked else None)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=steps, block_v=block_v, stages=stages, consumers=consumers,
@@ -317,6 +329,15 @@ def _pass_acc_in_place(interpret: bool) -> bool:
     """The passes' state updates accumulate in place (`mosaic_common.in_place`; env MDN_MOSAIC_PASS_ACC=fresh:
     fresh accumulators added afterwards, the form before 998b272, for timing)."""
     return in_place(interpret, "MDN_MOSAIC_PASS_ACC")
+
+
+def _ragged_identity_chunk() -> bool:
+    """Whether a ragged split's short segments take their missing step as an identity chunk appended to the vecs
+    and decay tables (env MDN_SPLIT_RAGGED=identity, the default) or as a step masked by a 0/1 scale (mask)."""
+    mode = os.environ.get("MDN_SPLIT_RAGGED", "identity")
+    if mode not in ("identity", "mask"):
+        raise ValueError(f"MDN_SPLIT_RAGGED must be 'identity' or 'mask', got {mode!r}")
+    return mode == "identity"
 
 
 _K_BUFS, _C_BUFS = 2, 4  # each consumer's scratch tiles: [K, block_v] (S, M or lS, lM) and [C, block_v]
@@ -425,13 +446,19 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments * HV, steps * C, ident), op))
+    identity_chunk = NC % segments != 0 and _ragged_identity_chunk()
+    vecs, decay = local.vecs, local.decay
+    if identity_chunk:  # chunk NC: the state passes unchanged (decays 1, 0, 1; zero vectors)
+        vecs = jnp.concatenate([vecs, jnp.zeros_like(vecs[:, :1])], axis=1)
+        decay = jnp.concatenate([decay, jnp.zeros_like(decay[:, :1]).at[..., 0].set(1).at[..., 2].set(1)], axis=1)
     kernel = functools.partial(_split_kernel, num_heads=HV, segments=segments, num_chunks=NC, steps=steps,
                                identity_cols=ident, skip_first=skip_first, block_v=block_v, stages=stages,
-                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret))
+                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret),
+                               identity_chunk=identity_chunk)
     programs = split_programs(segments, V, ident, consumers * block_v, skip_first)
     call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers, interpret=interpret,
                    programs=programs)
-    return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s_basis, m_basis)
+    return call(vecs, decay, local.t, local.attn, qb, kt, p, v, s_basis, m_basis)
 
 
 def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, stages=1, consumers=2,
