@@ -106,6 +106,10 @@ def test_mosaic_accumulation_in_place_on_the_gpu_only(monkeypatch):
     monkeypatch.setenv("MDN_MOSAIC_ACC", "yes")
     with pytest.raises(ValueError, match="MDN_MOSAIC_ACC"):
         mosaic_common.in_place(interpret=False)
+    # the sequential passes' state updates have their own switch
+    assert mosaic_common.in_place(interpret=False, env="MDN_MOSAIC_PASS_ACC") is True
+    monkeypatch.setenv("MDN_MOSAIC_PASS_ACC", "fresh")
+    assert mosaic_common.in_place(interpret=False, env="MDN_MOSAIC_PASS_ACC") is False
 
 
 def test_prep_config_env(monkeypatch):

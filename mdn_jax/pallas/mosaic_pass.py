@@ -28,6 +28,7 @@ transforms, which the interpreter rejects.
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -37,7 +38,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
-from mdn_jax.pallas.mosaic_common import ROW, products, smem_transforms
+from mdn_jax.pallas.mosaic_common import ROW, accumulate, in_place, products, smem_transforms
 from mdn_jax.pallas.tuning import split_programs
 
 
@@ -47,12 +48,14 @@ def _row_scales(vec_s, C, block_v):
             for i, name in enumerate(VECS)}
 
 
-def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values=None, keep=None):
+def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, *, acc_in_place, values=None, keep=None):
     """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile by write_o(o_smem, c,
     vs) (and with res_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
-    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch; values: None, or a scalar 0/1 that
-    scales the value tile (0: the identity columns of `mdn_jax.pallas.seq_split`); keep: None, or a scalar 0/1
-    (0: the step leaves the state as it is, a ragged segment's step past its end)."""
+    tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch; acc_in_place: S' and M' accumulate
+    their key products in wgmma accumulators initialised with the decayed states (`mosaic_common.accumulate`; no
+    second pair of [K, block_v] float32 tiles live); values: None, or a scalar 0/1 that scales the value tile (0:
+    the identity columns of `mdn_jax.pallas.seq_split`); keep: None, or a scalar 0/1 (0: the step leaves the state
+    as it is, a ragged segment's step past its end: the decays become 1, 0, 1 and the key products' operands 0)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
     S, M = carry
@@ -74,8 +77,9 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values=None, k
     plgpu.commit_smem()
     (n,) = products((t_s, rn_smem))
     rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
-    gn_smem[...] = (col["g_last"] * n).astype(op)
-    hn_smem[...] = (col["rho"] * n).astype(op)
+    g_last, rho = (col["g_last"], col["rho"]) if keep is None else (col["g_last"] * keep, col["rho"] * keep)
+    gn_smem[...] = (g_last * n).astype(op)
+    hn_smem[...] = (-rho * n).astype(op)  # M' = m_l M + Kt^T (-rho N)
     plgpu.commit_smem()
     if res_refs:
         plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
@@ -84,17 +88,18 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, values=None, k
     plgpu.commit_smem()
     write_o(o_smem, c, vs)
     kt_t = kt_s.transpose((1, 0))
-    ks, km = products((kt_t, gn_smem), (kt_t, hn_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
     if keep is not None:  # exact at keep = 1; S, M unchanged at keep = 0
-        a_l, b_l, m_l, ks, km = keep * a_l + (1 - keep), keep * b_l, keep * m_l + (1 - keep), keep * ks, keep * km
-    return a_l * S - b_l * M + ks, m_l * M - km
+        a_l, b_l, m_l = keep * a_l + (1 - keep), keep * b_l, keep * m_l + (1 - keep)
+    return accumulate([(a_l * S - b_l * M, [(kt_t, gn_smem)]), (m_l * M, [(kt_t, hn_smem)])],
+                      in_place=acc_in_place, stored=True)
 
 
-def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
+def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs, *, acc_in_place):
     """One chunk of the reverse sweep (adjoint recurrence, T form, `chunk_pass._bwd_kernel`) for one [K, block_v]
     block of (lS, lM): writes lS, lM and dN of the chunk by TMA (waited for at the next step) and returns the
-    cotangents of the chunk-start states."""
+    cotangents of the chunk-start states. acc_in_place: as `_chunk_step`'s (two accumulators of two products
+    each onto the decayed lS, lM, instead of four fresh ones)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, do_s = tiles
     ls_smem, lm_smem, dn_smem, ado_smem, bdo_smem, ew_smem = bufs
     ls_ref, lm_ref, dn_ref = out_refs
@@ -113,17 +118,18 @@ def _sweep_step(c, tiles, bufs, carry, out_refs, bh, vs):
     do = do_s[...].astype(f32)
     dn_smem[...] = (attn_do + col["g_last"] * k_ls - col["rho"] * k_lm).astype(op)
     ado_smem[...] = (col["a"] * do).astype(op)
-    bdo_smem[...] = (col["b"] * do).astype(op)
+    bdo_smem[...] = (-col["b"] * do).astype(op)  # lM' takes -Qb^T (b dO)
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(dn_smem, dn_ref.at[bh, c, :, vs])
     (w,) = products((T(t_s), dn_smem))  # W = T^T dN
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # dN's store has read dn_smem: diag(d) W goes there
-    dn_smem[...] = (col["d"] * w).astype(op)
+    dn_smem[...] = (-col["d"] * w).astype(op)  # lS' takes -P^T (d W)
     ew_smem[...] = (col["e"] * w).astype(op)
     plgpu.commit_smem()
-    q_a, q_b, p_d, p_e = products((T(qb_s), ado_smem), (T(qb_s), bdo_smem), (T(p_s), dn_smem), (T(p_s), ew_smem))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
-    return a_l * lS + q_a - p_d, -b_l * lS + m_l * lM - q_b + p_e
+    return accumulate([(a_l * lS, [(T(qb_s), ado_smem), (T(p_s), dn_smem)]),
+                       (m_l * lM - b_l * lS, [(T(qb_s), bdo_smem), (T(p_s), ew_smem)])],
+                      in_place=acc_in_place, stored=True)
 
 
 def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block_v, stages, consumers,
@@ -162,14 +168,16 @@ def _over_chunks(step, gmem, in_specs, start, finish, bufs, *, num_chunks, block
             num_compute_wgs=consumers, max_concurrent_steps=stages, compute_context=run)(*gmem)
 
 
-def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms, value_index=None):
+def _chunk_specs(chunk_index, bh, row, head, vb, C, K, v_cols, transforms, value_index=None, scalars_index=None):
     """BlockSpecs of a chunk's tiles (vecs, decay, T, attn, Qb, Kt, P and the value-side [C, v_cols] tile, block vb
     of its columns), chunk chunk_index(step) at pipeline step `step`; value_index(step): the value-side tile's
-    block index instead of (row, chunk, head, vb)."""
+    block index instead of (row, chunk, head, vb); scalars_index(step): the chunk of the vecs and decay tiles
+    instead of chunk_index(step)."""
     spec = functools.partial(plgpu.BlockSpec, transforms=transforms)
     ci = chunk_index
-    specs = [plgpu.BlockSpec((None, None, len(VECS), C), lambda s: (bh, ci(s), 0, 0)),
-             plgpu.BlockSpec((None, None, C), lambda s: (bh, ci(s), 0)),
+    si = scalars_index or chunk_index
+    specs = [plgpu.BlockSpec((None, None, len(VECS), C), lambda s: (bh, si(s), 0, 0)),
+             plgpu.BlockSpec((None, None, C), lambda s: (bh, si(s), 0)),
              spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0)),
              spec((None, None, C, C), lambda s: (bh, ci(s), 0, 0))]
     specs += [spec((None, C, None, K), lambda s: (row, ci(s), head, 0)) for _ in range(3)]
@@ -189,7 +197,7 @@ def _state_io(row, head, srcs, dsts):
 
 
 def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_ref, m0_ref, o_ref, fs_ref, fm_ref,
-            *refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, transforms):
+            *refs_and_bufs, num_heads, num_chunks, block_v, stages, consumers, save, acc_in_place, transforms):
     out_refs, bufs = refs_and_bufs[:3 * save], refs_and_bufs[3 * save:]
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
@@ -201,7 +209,7 @@ def _kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s0_
         plgpu.copy_smem_to_gmem(src, o_ref.at[row, pl.ds(c * C, C), head, vs])
 
     def step(c, tiles, mine, carry, vs):
-        return _chunk_step(c, tiles, mine, carry, write_o, out_refs, bh, vs)
+        return _chunk_step(c, tiles, mine, carry, write_o, out_refs, bh, vs, acc_in_place=acc_in_place)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
@@ -241,7 +249,7 @@ def _split_program(*, num_heads, segments, num_chunks, value_blocks, identity_bl
 
 def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s_basis, m_basis, o_ref, fs_ref,
                   fm_ref, psi_ref, *bufs, num_heads, segments, num_chunks, steps, identity_cols, skip_first, block_v,
-                  stages, consumers, transforms):
+                  stages, consumers, acc_in_place, identity_chunk, transforms):
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
     width = consumers * block_v
     plan = functools.partial(_split_program, num_heads=num_heads, segments=segments, num_chunks=num_chunks,
@@ -250,14 +258,23 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
 
     ragged = num_chunks % segments != 0
 
-    def chunk(s, x):  # a short segment repeats its last chunk as its last step (kept out of the state: keep = 0)
+    def chunk(s, x):  # a short segment repeats its last chunk as its last step (kept out of the state)
         return x.first + (jnp.minimum(s, x.size - 1) if ragged else s)
+
+    # identity_chunk: the vecs and decay tables end in an identity chunk (decays 1, 0, 1; g_last = rho = 0) that a
+    # short segment's last step reads, so that no step is masked; else that step is masked by keep = 0
+    masked = ragged and not identity_chunk
+
+    def scalars_chunk(s):
+        x = plan()
+        return jnp.where(s < x.size, x.first + s, num_chunks)
 
     # the chunk and v's block are computed inside the index maps: with both closed over as values of the kernel's
     # scope the interpreter hung with two consumers (either one alone did not)
     x = plan()
     in_specs = _chunk_specs(lambda s: chunk(s, plan()), x.bh, x.row, x.head, None, C, K, width, transforms,
-                            value_index=lambda s: (plan().row, chunk(s, plan()), plan().head, plan().v_block))
+                            value_index=lambda s: (plan().row, chunk(s, plan()), plan().head, plan().v_block),
+                            scalars_index=scalars_chunk if ragged and identity_chunk else None)
 
     def start(vs):
         return tuple(plgpu.load(r.at[:, vs], layout=plgpu.Layout.WGMMA, optimized=False) for r in (s_basis, m_basis))
@@ -283,8 +300,8 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
             def _():
                 plgpu.copy_smem_to_gmem(src, psi_ref.at[y.seg_row * num_heads + y.head, pl.ds(s * C, C), vs])
 
-        return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs,
-                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32) if ragged else None)
+        return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs, acc_in_place=acc_in_place,
+                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32) if masked else None)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=steps, block_v=block_v, stages=stages, consumers=consumers,
@@ -292,7 +309,8 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
 
 
 def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref, gfs_ref, gfm_ref, ls_ref, lm_ref,
-                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, transforms):
+                  dn_ref, ds0_ref, dm0_ref, *bufs, num_heads, num_chunks, block_v, stages, consumers, acc_in_place,
+                  transforms):
     bh, vb = lax.axis_index("bh"), lax.axis_index("vb")
     row, head = bh // num_heads, bh % num_heads
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
@@ -301,10 +319,25 @@ def _sweep_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_r
     start, finish = _state_io(row, head, (gfs_ref, gfm_ref), (ds0_ref, dm0_ref))
 
     def step(s, tiles, mine, carry, vs):
-        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs)
+        return _sweep_step(last - s, tiles, mine, carry, (ls_ref, lm_ref, dn_ref), bh, vs, acc_in_place=acc_in_place)
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, do_ref), in_specs, start, finish,
                  bufs, num_chunks=num_chunks, block_v=block_v, stages=stages, consumers=consumers)
+
+
+def _pass_acc_in_place(interpret: bool) -> bool:
+    """The passes' state updates accumulate in place (`mosaic_common.in_place`; env MDN_MOSAIC_PASS_ACC=fresh:
+    fresh accumulators added afterwards, the form before 998b272, for timing)."""
+    return in_place(interpret, "MDN_MOSAIC_PASS_ACC")
+
+
+def _ragged_identity_chunk() -> bool:
+    """Whether a ragged split's short segments take their missing step as an identity chunk appended to the vecs
+    and decay tables (env MDN_SPLIT_RAGGED=identity, the default) or as a step masked by a 0/1 scale (mask)."""
+    mode = os.environ.get("MDN_SPLIT_RAGGED", "identity")
+    if mode not in ("identity", "mask"):
+        raise ValueError(f"MDN_SPLIT_RAGGED must be 'identity' or 'mask', got {mode!r}")
+    return mode == "identity"
 
 
 _K_BUFS, _C_BUFS = 2, 4  # each consumer's scratch tiles: [K, block_v] (S, M or lS, lM) and [C, block_v]
@@ -375,7 +408,7 @@ def pass_forward_mosaic(local: LocalOutputs, qb, kt, p, v, s0, m0, *, block_v=64
         out_type += (jax.ShapeDtypeStruct((BH, NC, K, V), op), jax.ShapeDtypeStruct((BH, NC, K, V), op),
                      jax.ShapeDtypeStruct((BH, NC, C, V), op))
     kernel = functools.partial(_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers, save=save)
+                               consumers=consumers, save=save, acc_in_place=_pass_acc_in_place(interpret))
     call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers, interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s0, m0)
 
@@ -413,13 +446,19 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments * HV, steps * C, ident), op))
+    identity_chunk = NC % segments != 0 and _ragged_identity_chunk()
+    vecs, decay = local.vecs, local.decay
+    if identity_chunk:  # chunk NC: the state passes unchanged (decays 1, 0, 1; zero vectors)
+        vecs = jnp.concatenate([vecs, jnp.zeros_like(vecs[:, :1])], axis=1)
+        decay = jnp.concatenate([decay, jnp.zeros_like(decay[:, :1]).at[..., 0].set(1).at[..., 2].set(1)], axis=1)
     kernel = functools.partial(_split_kernel, num_heads=HV, segments=segments, num_chunks=NC, steps=steps,
                                identity_cols=ident, skip_first=skip_first, block_v=block_v, stages=stages,
-                               consumers=consumers)
+                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret),
+                               identity_chunk=identity_chunk)
     programs = split_programs(segments, V, ident, consumers * block_v, skip_first)
     call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers, interpret=interpret,
                    programs=programs)
-    return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, v, s_basis, m_basis)
+    return call(vecs, decay, local.t, local.attn, qb, kt, p, v, s_basis, m_basis)
 
 
 def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, stages=1, consumers=2,
@@ -437,7 +476,7 @@ def sweep_mosaic(local: LocalOutputs, qb, kt, p, do, gfs, gfm, *, block_v=64, st
                 jax.ShapeDtypeStruct((BH, NC, C, V), op), jax.ShapeDtypeStruct(gfs.shape, jnp.float32),
                 jax.ShapeDtypeStruct(gfm.shape, jnp.float32))
     kernel = functools.partial(_sweep_kernel, num_heads=HV, num_chunks=NC, block_v=block_v, stages=stages,
-                               consumers=consumers)
+                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret))
     call = _launch(kernel, out_type, K, C, BH, V, op, block_v=block_v, consumers=consumers,
                    interpret=interpret)
     return call(local.vecs, local.decay, local.t, local.attn, qb, kt, p, do.astype(op), gfs, gfm)
