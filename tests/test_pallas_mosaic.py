@@ -64,7 +64,8 @@ def test_rejects_shapes_outside_the_limits():
 @pytest.mark.parametrize("K,V,block_v,stages,consumers,save", [
     (128, 256, 64, 2, 1, False), (128, 256, 128, 1, 1, False), (128, 256, 64, 1, 2, False),
     (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True), (128, 256, 64, 1, 2, True),
-    (256, 512, 32, 1, 2, False), (256, 512, 32, 1, 2, True)])
+    (256, 512, 32, 1, 2, False), (256, 512, 32, 1, 2, True), (128, 256, 32, 2, 1, False), (128, 256, 32, 2, 1, True),
+    (128, 256, 32, 2, 2, False), (128, 256, 32, 2, 2, True)])
 def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers, save):
     args = _inputs(2, 1024, 2, K, V)
     ours = jax.jit(lambda *a: pass_forward_mosaic(*a, block_v=block_v, stages=stages, consumers=consumers,
@@ -76,7 +77,8 @@ def test_gpu_matches_triton_pass(K, V, block_v, stages, consumers, save):
 
 @pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
-                                                         (256, 512, 64, 1, 1), (256, 512, 32, 1, 2)])
+                                                         (256, 512, 64, 1, 1), (256, 512, 32, 1, 2),
+                                                         (128, 256, 32, 2, 1), (128, 256, 32, 2, 2)])
 def test_gpu_sweep_matches_triton_sweep(K, V, block_v, stages, consumers):
     local, qb, kt, p, *_ = _inputs(2, 1024, 2, K, V)
     args = (local, qb, kt, p, *_cotangents(2, 1024, 2, K, V))
@@ -88,7 +90,8 @@ def test_gpu_sweep_matches_triton_sweep(K, V, block_v, stages, consumers):
 
 @pytest.mark.parametrize("K,V,block_v,stages,consumers,save", [(128, 256, 64, 2, 1, False), (128, 256, 64, 1, 2, False),
                                                               (256, 512, 64, 1, 1, False), (128, 256, 64, 2, 1, True),
-                                                              (128, 256, 64, 1, 2, True), (256, 512, 32, 1, 2, True)])
+                                                              (128, 256, 64, 1, 2, True), (256, 512, 32, 1, 2, True),
+                                                              (128, 256, 32, 2, 1, True), (128, 256, 32, 2, 2, True)])
 def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers, save):
     """The Mosaic GPU lowering (layouts, transforms, the shared-memory budget) of the GPU configurations, run on
     any machine: `lower(lowering_platforms=("cuda",))` needs no GPU."""
@@ -96,7 +99,8 @@ def test_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers, 
 
 
 @pytest.mark.parametrize("K,V,block_v,stages,consumers", [(128, 256, 64, 2, 1), (128, 256, 64, 1, 2),
-                                                         (256, 512, 64, 1, 1), (256, 512, 32, 1, 2)])
+                                                         (256, 512, 64, 1, 1), (256, 512, 32, 1, 2),
+                                                         (128, 256, 32, 2, 1), (128, 256, 32, 2, 2)])
 def test_sweep_lowers_for_cuda_within_shared_memory(K, V, block_v, stages, consumers):
     local, qb, kt, p, *_ = _inputs(1, 256, 2, K, V, interpret=True)
     args = (local, qb, kt, p, *_cotangents(1, 256, 2, K, V))

@@ -43,18 +43,19 @@ def test_forward_pass_pipelines_only_small_blocks():
 def test_mosaic_passes_for_dense_s400_on_the_gpu_only(monkeypatch):
     monkeypatch.setattr(tuning, "has_wgmma", lambda: True)
     cfg = tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=False)
-    assert cfg == tuning.MosaicConfig(block_v=64, stages=1, consumers=2)
+    assert cfg == tuning.MosaicConfig(block_v=32, stages=2, consumers=1)
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=True, interpret=True) is None
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.bfloat16, dense=False, interpret=False) is None  # cu_seqlens
     assert tuning.mosaic_config(128, 256, 8 * 6, jnp.float32, dense=True, interpret=False) is None
     wide = tuning.mosaic_config(256, 512, 4 * 6, jnp.bfloat16, dense=True, interpret=False)  # 1.3B
     assert wide == tuning.MosaicConfig(block_v=32, stages=1, consumers=2)
     assert tuning.mosaic_config(64, 128, 8 * 6, jnp.bfloat16, dense=True, interpret=False) is None  # not measured
-    assert tuning.mosaic_config(128, 256, 6, jnp.bfloat16, dense=True, interpret=False) is None  # few programs
+    # few programs: at K = 128 still the Mosaic passes (they beat the Triton ones' finer V split at T=32768)
+    assert tuning.mosaic_config(128, 256, 6, jnp.bfloat16, dense=True, interpret=False) == cfg
     assert tuning.mosaic_config(256, 512, 6, jnp.bfloat16, dense=True, interpret=False) is None
-    # the sequence split's pass over 2K + V columns: its programs were weighed by seq_split_segments
-    assert tuning.mosaic_config(128, 512, 2 * 6, jnp.bfloat16, dense=True, interpret=False, split=True) == cfg
-    assert tuning.mosaic_config(128, 512, 2 * 6, jnp.bfloat16, dense=True, interpret=False) is None
+    # the sequence split's pass over 2K + V columns: two consumers (its programs weighed by seq_split_segments)
+    split = tuning.mosaic_config(128, 512, 2 * 6, jnp.bfloat16, dense=True, interpret=False, split=True)
+    assert split == tuning.MosaicConfig(block_v=32, stages=2, consumers=2)
 
 
 def test_mosaic_env_switch(monkeypatch):
@@ -125,14 +126,13 @@ def test_prep_config_env(monkeypatch):
 
 def test_seq_split_only_for_few_long_dense_rows():
     split = functools.partial(tuning.seq_split_segments, sms=132)
-    # S400 at B=1, T=32768 (6 rows of 512 chunks) on 132 SMs, segments of equal size only: 4 (from a zero start
-    # 6 x 14 = 84 programs, segment 0 without identity columns; else 96), one wave of 128 steps
-    assert split(6, 512, 128, 256, dense=True, zero_start=True) == 4
-    assert split(6, 512, 128, 256, dense=True) == 4
-    assert split(2, 1024, 128, 256, dense=True) == 16  # 128 programs of 64 steps
-    assert split(2, 128, 128, 256, dense=True) == 8  # segments of at least 16 chunks
-    assert split(2, 96, 128, 256, dense=True) == 6  # 96 = 6 x 16: the divisors 2, 3, 4 and 6
-    assert split(2, 97, 128, 256, dense=True) == 1  # 97 chunks: no equal segments
+    # S400 at B=1, T=32768 (6 rows of 512 chunks) on 132 SMs, programs of 64 state columns: from a zero start 3
+    # (6 x 20 = 120 programs, segment 0 without identity columns, one wave of 171 steps); else 8 (384 programs,
+    # three waves of 64 steps)
+    assert split(6, 512, 128, 256, dense=True, zero_start=True) == 3
+    assert split(6, 512, 128, 256, dense=True) == 8
+    assert split(2, 128, 128, 256, dense=True) == 6  # segments of at least 16 chunks (8 at most): 96 programs
+    assert split(2, 97, 128, 256, dense=True) == 5  # ragged segments (20 and 19 chunks) of one wave
     assert split(6, 16, 128, 256, dense=True) == 1
     assert split(24, 64, 128, 256, dense=True) == 1  # S400 at B=4: enough programs unsplit
     assert split(48, 64, 128, 256, dense=True) == 1
@@ -149,6 +149,9 @@ def test_split_cost_counts_waves_of_programs():
     assert cost(6, zero_start=True) == 1 * 86 + 3 * 6  # 132 programs
     assert cost(16, zero_start=False) == 3 * 32 + 3 * 16  # 384 programs
     assert tuning.split_programs(6, 256, 256, 128, skip_first=True) == 22
+    narrow = functools.partial(cost, width=64)  # the split's pass now: two consumers of 32 columns
+    assert narrow(3, zero_start=True) == 1 * 171 + 3 * 3  # 120 programs, ragged (171, 171, 170 chunks)
+    assert narrow(4, zero_start=True) == 2 * 128 + 3 * 4  # 168 programs: two waves
 
 
 def test_seq_split_env(monkeypatch):

@@ -1,6 +1,7 @@
 """Helpers of the Mosaic GPU kernels: the row-vector layout of wgmma tiles, the shared-memory transforms, products
-into fresh accumulators (`mosaic_pass`: accumulating in place was slower there, experiments/results/
-h200_2026-12-03_53b9edd) and wgmma accumulation onto float32 tiles held in registers (`mosaic_grads`)."""
+into fresh accumulators and wgmma accumulation onto float32 tiles held in registers (`mosaic_grads`, and the
+passes' state updates of `mosaic_pass`: H100, experiments/results/h100_2026-12-07_d0761f7, S400 forward+backward
+3.535 ms against 3.793 with fresh accumulators added afterwards, 1.3B 5.036 against 5.677)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,11 @@ chunks backwards with the same machinery and the seven products of
 flight) and computes block_v columns; consumers=2: two compute warpgroups of block_v columns each share the K-side
 tiles that a memory warpgroup brings (`plgpu.emit_pipeline_warp_specialized`): half the programs and half the
 K-side reads. H200, S400 (experiments/results/h200_2026-12-02_0bbac19): block_v 64 with 2 consumers, forward
-0.47 ms vs 0.54 for the Triton pass, saving forward 0.62 vs 0.85, sweep 0.56 vs 0.77; at K=256 one consumer of
-block_v 64 (one stage) is 2.3-2.9x slower than the Triton kernels; two consumers fit there at block_v 32 (all tiles
-then swizzled by 64 bytes), which beat them (H100, 1.3B forward+backward 5.26 vs 6.90 ms; `tuning.mosaic_config`).
+0.47 ms vs 0.54 for the Triton pass, saving forward 0.62 vs 0.85, sweep 0.56 vs 0.77; at K=128 block_v 32 lets
+two chunks be in flight, faster again (H100, S400 forward+backward 3.096 ms with one consumer against 3.535 at
+block_v 64, one stage; `tuning.mosaic_config`); at K=256 one consumer of block_v 64 (one stage) is 2.3-2.9x slower
+than the Triton kernels; two consumers fit there at block_v 32 (all tiles then swizzled by 64 bytes), which beat
+them (H100, 1.3B forward+backward 5.26 vs 6.90 ms).
 
 Limits (`supported`): dense rows (one sequence per row: chunk_init/chunk_final of `ops.layout.dense_layout`), chunk
 size 64 (the wgmma M of the [C, C] products), K a multiple of 64, V of consumers * block_v, the tiles within shared
@@ -333,7 +335,10 @@ def _pass_acc_in_place(interpret: bool) -> bool:
 
 def _ragged_identity_chunk() -> bool:
     """Whether a ragged split's short segments take their missing step as an identity chunk appended to the vecs
-    and decay tables (env MDN_SPLIT_RAGGED=identity, the default) or as a step masked by a 0/1 scale (mask)."""
+    and decay tables (env MDN_SPLIT_RAGGED=identity, the default) or as a step masked by a 0/1 scale of the decays
+    and the g, rho rows (mask). H100, T=32768 at 6 segments (block_v 64, one stage): 1.259 and 1.249 ms forward,
+    interleaved (experiments/results/h100_2026-12-07_d0761f7); the mask of 6b3a989, which scaled the tiles, ran
+    1.802."""
     mode = os.environ.get("MDN_SPLIT_RAGGED", "identity")
     if mode not in ("identity", "mask"):
         raise ValueError(f"MDN_SPLIT_RAGGED must be 'identity' or 'mask', got {mode!r}")
@@ -424,8 +429,9 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     (`segment_bounds`: ragged by at most one chunk), each run from its own start over identity_cols + V state
     columns (`mdn_jax.pallas.seq_split`): the first identity_cols = 2K with zero values, the last V with v's.
     One program per (row x head, block of consumers * block_v columns of one segment), each of ceil(NC / G)
-    steps (a shorter segment's last step leaves its state unchanged: where G does not divide NC every step is
-    masked, ~2x the time per step on an H100 at 6b3a989).
+    steps (a shorter segment's last step leaves its state unchanged: it reads an identity chunk appended to the
+    vecs and decay tables, `_ragged_identity_chunk`; the per-step mask it replaced cost ~2x the time per step on
+    an H100 at 6b3a989).
 
     local, qb, kt, p, v: as `pass_forward_mosaic`'s (the unsplit rows); s_basis, m_basis: [K, 2K + V] float32,
     the start of S and M in every segment ([I, 0, 0] and [0, I, 0] for the split). Returns O [B, Tp, HV, V]

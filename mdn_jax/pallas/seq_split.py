@@ -12,9 +12,10 @@ a zero start state (no initial state given) the first segment's identity columns
 so x_1 = x_local_0 and its outputs are final. A recurrence of [2K, 2K] x [2K, V] products gives each later
 segment's true x_start, and one kernel adds Psi x_start to its outputs (`start_response`). That is (2K + V) / V
 times the pass's arithmetic (2x at K = 128, V = 256) in about G times as many programs of G times fewer steps;
-`tuning.split_cost` picks G by waves of one program per SM, among the G that divide the chunks (ragged segments
-mask every step, ~2x the pass's time per step). H100, S400 at B=1, T=32768, zero start: forward 1.387 ms with 4
-equal segments against 1.661 unsplit and 1.802 with 6 ragged ones (experiments/results/h100_2026-12-07_6b3a989).
+`tuning.split_cost` picks G by waves of one program per SM (a short segment's missing step is an identity
+chunk). H100, S400 at B=1, T=32768, zero start: forward 0.967 ms with 3 segments (two consumers of block_v 32 at
+two stages) against 1.241 with 4, and 1.498 with 4 at the former block_v 64, one stage
+(experiments/results/h100_2026-12-07_d0761f7).
 """
 
 from __future__ import annotations

@@ -105,7 +105,9 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
                        local_warps=_env("MDN_LOCAL_WARPS", 4), solve_warps=_env("MDN_SOLVE_WARPS", 1))
 
 
-_MOSAIC = MosaicConfig(block_v=64, stages=1, consumers=2)
+# K <= 128: two chunks in flight (at block_v 64 a chunk's tiles and the scratch fill shared memory at one stage)
+_MOSAIC = MosaicConfig(block_v=32, stages=2, consumers=1)  # the unsplit passes
+_MOSAIC_SPLIT = MosaicConfig(block_v=32, stages=2, consumers=2)  # the sequence split's pass over 2K + V columns
 _MOSAIC_WIDE_K = MosaicConfig(block_v=32, stages=1, consumers=2)  # K > 128: what fits shared memory with two consumers
 
 
@@ -116,8 +118,8 @@ def has_wgmma() -> bool:
     return capability is not None and str(capability).split(".")[0] == "9"
 
 
-def _mosaic_fields(K: int) -> MosaicConfig:
-    base = _MOSAIC if K <= 128 else _MOSAIC_WIDE_K
+def _mosaic_fields(K: int, split: bool = False) -> MosaicConfig:
+    base = _MOSAIC_WIDE_K if K > 128 else _MOSAIC_SPLIT if split else _MOSAIC
     return MosaicConfig(block_v=_env("MDN_MOSAIC_BLOCK_V", base.block_v), stages=_env("MDN_MOSAIC_STAGES", base.stages),
                         consumers=_env("MDN_MOSAIC_CONSUMERS", base.consumers))
 
@@ -129,27 +131,29 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool, interpret
 
     Env MDN_MOSAIC: 'auto' (default), '0' (never), '1' (for every dense layout of 16-bit operands, and in interpret
     mode of any: for tests). 'auto' takes them on Hopper GPUs (`has_wgmma`) for dense rows (no cu_seqlens) of 16-bit
-    operands at K = 128 with enough programs: H200, S400 (h200_2026-12-02_0bbac19), block_v 64, two consumer
-    warpgroups, one stage: forward pass 0.47 ms vs 0.54 (Triton), saving pass 0.62 vs 0.85, reverse sweep 0.56 vs
-    0.77. At K = 256 two consumers fit shared memory at block_v 32, one stage (`_MOSAIC_WIDE_K`,
+    operands at K = 128 (`_MOSAIC`: block_v 32, two stages, one consumer warpgroup; H100, interleaved,
+    experiments/results/h100_2026-12-07_d0761f7: S400 forward+backward 3.096 ms against 3.535 at the former block_v
+    64, one stage, two consumers, and 3.137 with two consumers at block_v 32; S400 at B=1, T=32768 (6 rows, 48
+    programs) 4.450 against 5.124 with the Triton passes, which split V finer there) and at K = 256 with enough
+    programs, where two consumers fit shared memory at block_v 32 and one stage (`_MOSAIC_WIDE_K`,
     `mosaic_pass.smem_bytes`): H100, 1.3B (B=4, H=6, K=256, V=512), op forward+backward 5.26 ms vs 6.90 with the
-    Triton passes, interleaved (experiments/results/h100_2026-12-05_020ff85). Other K keep the Triton passes
-    (not measured). With few programs (rows * V / block_v < `_FEW_PROGRAMS`, e.g. one long sequence) the Triton
-    passes split V finer; split: the sequence split's pass (`seq_split_segments` weighed its programs, and it has
-    no Triton form), which skips that test. Env MDN_MOSAIC_BLOCK_V, MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS
-    override the configuration's fields (for tuning runs; a configuration outside `mosaic_pass.supported` at the
-    op's shapes leaves the Triton passes, as every shape outside it does).
+    Triton passes (h100_2026-12-05_020ff85); with few programs (rows * V / block_v < `_FEW_PROGRAMS`) K = 256
+    keeps the Triton passes. Other K keep the Triton passes (not measured). split: the sequence split's pass
+    (`_MOSAIC_SPLIT`: two consumers of block_v 32 at two stages; `seq_split_segments` weighed its programs, and
+    it has no Triton form). Env MDN_MOSAIC_BLOCK_V, MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the
+    configuration's fields (for tuning runs; a configuration outside `mosaic_pass.supported` at the op's shapes
+    leaves the Triton passes, as every shape outside it does).
     """
     mode = os.environ.get("MDN_MOSAIC", "auto")
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"MDN_MOSAIC must be 'auto', '0' or '1', got {mode!r}")
-    cfg = _mosaic_fields(K)
+    cfg = _mosaic_fields(K, split)
     sixteen_bit = jnp.dtype(op_dtype).itemsize == 2  # wgmma operands (float32 only in interpret mode)
     if mode == "0" or not dense or not (sixteen_bit or interpret):
         return None
     if mode == "1":
         return cfg
-    measured = K in (128, 256) and (split or rows * V // cfg.block_v >= _FEW_PROGRAMS)
+    measured = K == 128 or (K == 256 and (split or rows * V // cfg.block_v >= _FEW_PROGRAMS))
     return cfg if measured and not interpret and has_wgmma() else None
 
 
@@ -161,13 +165,15 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     The split runs only where its pass would be the Mosaic GPU one (`mosaic_config` for the G times as many rows
     of 2K + V columns; in interpret mode with MDN_MOSAIC=1). 'auto' splits dense rows at K <= 128 (K = 256 not
     measured) only where the pass alone has too few programs even at the Triton passes' smallest block (rows * V /
-    `_MIN_BLOCK_V` < `_FEW_PROGRAMS`), into the G of least modelled time (`split_cost`) among those that divide the
-    chunks (ragged segments run, through the env, at ~2x the time per step), with segments of at least
-    `_SPLIT_MIN_CHUNKS` chunks. zero_start: no initial state (the first segment's identity columns are not run);
-    sms: the GPU's multiprocessors (default: the device's, else 132). Measured, S400 at B=1, T=32768 (6 rows, 512
-    chunks), forward, zero start, H100, interleaved (experiments/results/h100_2026-12-07_6b3a989): 1.387-1.390 ms
-    with 4 segments, 1.447 with 16, 1.478 with 8, 2.179 with 2, 1.802 with 6 (ragged), 1.661 unsplit; S400 at
-    B=4 (24 rows, 64 chunks) lost with 2 (H200: 0.877 vs 0.567).
+    `_MIN_BLOCK_V` < `_FEW_PROGRAMS`), into the G of least modelled time (`split_cost`; ragged segments, where G
+    does not divide the chunks, run their missing step as an identity chunk at no extra cost), with segments of
+    at least `_SPLIT_MIN_CHUNKS` chunks. zero_start: no initial state (the first segment's identity columns are
+    not run); sms: the GPU's multiprocessors (default: the device's, else 132). Measured, S400 at B=1, T=32768 (6
+    rows, 512 chunks), forward, zero start, H100, interleaved, the split's pass at `_MOSAIC_SPLIT`
+    (experiments/results/h100_2026-12-07_d0761f7): 0.967-0.971 ms with 3 segments (the model's pick: 120
+    programs, one wave of 171 steps), 1.046 with 6, 1.177 with 2, 1.241 with 4; at the former block_v 64, one
+    stage: 1.259 with 6 (ragged), 1.498 with 4. S400 at B=4 (24 rows, 64 chunks) lost with 2 (H200: 0.877 vs
+    0.567).
     """
     mode = os.environ.get("MDN_SEQ_SPLIT", "auto")
     if mode != "auto":
@@ -178,10 +184,9 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     if not dense or K > 128 or rows * V // _MIN_BLOCK_V >= _FEW_PROGRAMS:
         return 1
     sms = sms or sm_count()
-    fields = _mosaic_fields(K)
+    fields = _mosaic_fields(K, split=True)
     width = fields.consumers * fields.block_v  # one program's state columns in the split's pass
-    # segments of equal size only: ragged ones mask each step of the pass, ~2x its time per step (H100, 6b3a989)
-    candidates = [G for G in range(2, num_chunks // _SPLIT_MIN_CHUNKS + 1) if num_chunks % G == 0]
+    candidates = range(2, num_chunks // _SPLIT_MIN_CHUNKS + 1)
     costs = {G: split_cost(G, rows, num_chunks, K, V, zero_start=zero_start, width=width, sms=sms)
              for G in candidates}
     return min(costs, key=lambda G: (costs[G], G)) if costs else 1
@@ -194,11 +199,12 @@ _SEGMENT_COST = 3  # chunk steps of XLA work per segment (the recurrence's float
 def split_cost(segments: int, rows: int, num_chunks: int, K: int, V: int, *, zero_start: bool, width: int,
                sms: int) -> int:
     """The split's modelled time in chunk steps of its pass: one program per SM (its shared memory), so
-    ceil(programs / sms) waves of ceil(NC / G) steps (~7.1 us each on an H100 at S400's K, V), plus
-    `_SEGMENT_COST` per segment. Programs per row: 2K / width identity and V / width value programs per segment,
-    no identity ones in the first segment from a zero start (`split_programs`). H100, S400 at B=1, T=32768
-    (ff2ab94): 96 programs x 128 steps at 4 segments, 384 x 32 (3 waves) at 16; the pass 0.906 and 0.720 ms, the
-    XLA work around it 0.19 ms more at 16."""
+    ceil(programs / sms) waves of ceil(NC / G) steps, plus `_SEGMENT_COST` per segment. Programs per row: 2K /
+    width identity and V / width value programs per segment, no identity ones in the first segment from a zero
+    start (`split_programs`). H100, S400 at B=1, T=32768, zero start, width 64 (d0761f7): modelled 180, 190, 262
+    and 268 steps at 3, 6, 2 and 4 segments, measured in that order (0.967, 1.046, 1.177, 1.241 ms forward);
+    at ff2ab94 (width 128, one stage) 96 programs x 128 steps at 4 segments, 384 x 32 (3 waves) at 16: the pass
+    0.906 and 0.720 ms, the XLA work around it 0.19 ms more at 16."""
     programs = rows * split_programs(segments, V, 2 * K, width, zero_start)
     return -(-programs // sms) * -(-num_chunks // segments) + _SEGMENT_COST * segments
 
