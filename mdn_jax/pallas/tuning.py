@@ -13,9 +13,11 @@ side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language an
 `MDN_MOSAIC_STAGES`, `MDN_MOSAIC_CONSUMERS` the Mosaic passes' configuration (see `mosaic_config`);
 `MDN_PREP_FWD_KERNEL`, `MDN_PREP_KERNEL`, `MDN_PREP_BLOCK_ROWS`, `MDN_PREP_WARPS` the q, k preprocessing's kernels
 (`prep_config`);
-`MDN_MOSAIC_ACC=fresh` the Mosaic kernels' products in fresh accumulators (`mosaic_common.in_place`);
+`MDN_MOSAIC_ACC=fresh` the pass-cotangent kernel's products and `MDN_MOSAIC_PASS_ACC=fresh` the Mosaic passes'
+state updates in fresh accumulators (`mosaic_common.in_place`);
 `MDN_SEQ_SPLIT` the forward's sequence split for few long rows (`seq_split_segments`), `MDN_SPLIT_ADD_KERNEL` its
-last step's kernel (`split_add_kernel`).
+last step's kernel (`split_add_kernel`), `MDN_SPLIT_RAGGED=mask` its ragged segments' missing step as a masked step
+instead of an identity chunk (`mosaic_pass._ragged_identity_chunk`).
 """
 
 from __future__ import annotations
