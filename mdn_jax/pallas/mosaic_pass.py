@@ -30,7 +30,6 @@ transforms, which the interpreter rejects.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import jax
@@ -41,7 +40,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
 from mdn_jax.pallas.mosaic_common import ROW, accumulate, in_place, products, smem_transforms
-from mdn_jax.pallas.tuning import split_programs
+from mdn_jax.pallas.tuning import split_programs, split_ragged_identity
 
 
 def _row_scales(vec_s, C, block_v):
@@ -276,7 +275,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
     x = plan()
     in_specs = _chunk_specs(lambda s: chunk(s, plan()), x.bh, x.row, x.head, None, C, K, width, transforms,
                             value_index=lambda s: (plan().row, chunk(s, plan()), plan().head, plan().v_block),
-                            scalars_index=scalars_chunk if ragged and identity_chunk else None)
+                            scalars_index=scalars_chunk if identity_chunk else None)
 
     def start(vs):
         return tuple(plgpu.load(r.at[:, vs], layout=plgpu.Layout.WGMMA, optimized=False) for r in (s_basis, m_basis))
@@ -331,18 +330,6 @@ def _pass_acc_in_place(interpret: bool) -> bool:
     """The passes' state updates accumulate in place (`mosaic_common.in_place`; env MDN_MOSAIC_PASS_ACC=fresh:
     fresh accumulators added afterwards, the form before 998b272, for timing)."""
     return in_place(interpret, "MDN_MOSAIC_PASS_ACC")
-
-
-def _ragged_identity_chunk() -> bool:
-    """Whether a ragged split's short segments take their missing step as an identity chunk appended to the vecs
-    and decay tables (env MDN_SPLIT_RAGGED=identity, the default) or as a step masked by a 0/1 scale of the decays
-    and the g, rho rows (mask). H100, T=32768 at 6 segments (block_v 64, one stage): 1.259 and 1.249 ms forward,
-    interleaved (experiments/results/h100_2026-12-07_d0761f7); the mask of 6b3a989, which scaled the tiles, ran
-    1.802."""
-    mode = os.environ.get("MDN_SPLIT_RAGGED", "identity")
-    if mode not in ("identity", "mask"):
-        raise ValueError(f"MDN_SPLIT_RAGGED must be 'identity' or 'mask', got {mode!r}")
-    return mode == "identity"
 
 
 _K_BUFS, _C_BUFS = 2, 4  # each consumer's scratch tiles: [K, block_v] (S, M or lS, lM) and [C, block_v]
@@ -430,7 +417,7 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     columns (`mdn_jax.pallas.seq_split`): the first identity_cols = 2K with zero values, the last V with v's.
     One program per (row x head, block of consumers * block_v columns of one segment), each of ceil(NC / G)
     steps (a shorter segment's last step leaves its state unchanged: it reads an identity chunk appended to the
-    vecs and decay tables, `_ragged_identity_chunk`; the per-step mask it replaced cost ~2x the time per step on
+    vecs and decay tables, `tuning.split_ragged_identity`; the per-step mask it replaced cost ~2x the time per step on
     an H100 at 6b3a989).
 
     local, qb, kt, p, v: as `pass_forward_mosaic`'s (the unsplit rows); s_basis, m_basis: [K, 2K + V] float32,
@@ -452,7 +439,7 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments * HV, steps * C, ident), op))
-    identity_chunk = NC % segments != 0 and _ragged_identity_chunk()
+    identity_chunk = NC % segments != 0 and split_ragged_identity()
     vecs, decay = local.vecs, local.decay
     if identity_chunk:  # chunk NC: the state passes unchanged (decays 1, 0, 1; zero vectors)
         vecs = jnp.concatenate([vecs, jnp.zeros_like(vecs[:, :1])], axis=1)
