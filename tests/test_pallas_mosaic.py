@@ -148,16 +148,13 @@ def _split_reference(local, qb, kt, p, v, segments):
     return outs
 
 
-@pytest.mark.parametrize("T,segments,skip_first,ragged", [(192, 1, False, "identity"), (320, 3, False, "identity"),
-                                                           (320, 3, True, "identity"), (320, 3, False, "mask"),
-                                                           (256, 4, True, "identity")])
-def test_interpret_split_pass_matches_triton_per_segment(monkeypatch, T, segments, skip_first, ragged):
+@pytest.mark.parametrize("T,segments,skip_first", [(192, 1, False), (320, 3, False), (320, 3, True), (256, 4, True)])
+def test_interpret_split_pass_matches_triton_per_segment(T, segments, skip_first):
     """The split's pass (`split_pass_mosaic`): segments of whole chunks, ragged where G does not divide the chunks
-    (5 chunks in 3 segments: 1, 2, 2; the short segment's missing step an identity chunk or a masked step:
-    MDN_SPLIT_RAGGED), two consumers, K = 64 (at K = 128 the interpreter hangs on the two-consumer pass with
-    identity columns; the GPU runs K = 128 in test_pallas.py's split tests) against the Triton pass on each
-    segment alone. skip_first: segment 0's identity columns are not run (not compared)."""
-    monkeypatch.setenv("MDN_SPLIT_RAGGED", ragged)
+    (5 chunks in 3 segments: 1, 2, 2; the short segment's missing step reads an identity chunk), two consumers,
+    K = 64 (at K = 128 the interpreter hangs on the two-consumer pass with identity columns; the GPU runs K = 128
+    in test_pallas.py's split tests) against the Triton pass on each segment alone. skip_first: segment 0's
+    identity columns are not run (not compared)."""
     B, H, K, V = 2, 2, 64, 128
     local, qb, kt, p, v, _, _ = _inputs(B, T, H, K, V, dtype=jnp.float32, interpret=True)
     o, fs, fm, psi = mosaic_pass.split_pass_mosaic(local, qb, kt, p, v, *_bases(K, V), segments=segments,
@@ -178,20 +175,14 @@ def test_interpret_split_pass_matches_triton_per_segment(monkeypatch, T, segment
         assert all(e < 1e-6 for e in errs), (g, errs)  # NaN fails too
 
 
-@pytest.mark.parametrize("ragged", ["identity", "mask"])
-def test_split_pass_lowers_for_cuda_and_checks_its_arguments(monkeypatch, ragged):
+def test_split_pass_lowers_for_cuda_and_checks_its_arguments():
     """The split's configuration at S400's K, V (2K = 256 identity columns, two consumers, ragged: 4 chunks in
-    3 segments, the first segment's identity columns skipped; either form of the short segments' missing step)
-    lowers for CUDA; bad bases, segment counts or MDN_SPLIT_RAGGED are refused."""
-    monkeypatch.setenv("MDN_SPLIT_RAGGED", ragged)
+    3 segments, the first segment's identity columns skipped) lowers for CUDA; bad bases or segment counts are
+    refused."""
     local, qb, kt, p, v, _, _ = _inputs(1, 256, 2, 128, 256, interpret=True)
     s_basis, m_basis = _bases(128, 256)
     fn = functools.partial(mosaic_pass.split_pass_mosaic, segments=3, skip_first=True, block_v=64, consumers=2)
     assert "mosaic_gpu" in _cuda_text(fn, (local, qb, kt, p, v, s_basis, m_basis))
-    monkeypatch.setenv("MDN_SPLIT_RAGGED", "pad")
-    with pytest.raises(ValueError, match="MDN_SPLIT_RAGGED"):
-        mosaic_pass.split_pass_mosaic(local, qb, kt, p, v, s_basis, m_basis, segments=3, interpret=True)
-    monkeypatch.setenv("MDN_SPLIT_RAGGED", ragged)
     with pytest.raises(ValueError, match="segments=5 of 4 chunks"):
         mosaic_pass.split_pass_mosaic(local, qb, kt, p, v, s_basis, m_basis, segments=5, interpret=True)
     with pytest.raises(ValueError, match="Mosaic pass limits"):

@@ -40,7 +40,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from mdn_jax.pallas.chunk_local import VECS, LocalOutputs
 from mdn_jax.pallas.mosaic_common import ROW, accumulate, in_place, products, smem_transforms
-from mdn_jax.pallas.tuning import split_programs, split_ragged_identity
+from mdn_jax.pallas.tuning import split_programs
 
 
 def _row_scales(vec_s, C, block_v):
@@ -49,14 +49,13 @@ def _row_scales(vec_s, C, block_v):
             for i, name in enumerate(VECS)}
 
 
-def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, *, acc_in_place, values=None, keep=None):
+def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, *, acc_in_place, values=None):
     """One chunk of the pass for one [K, block_v] state block: writes O's [C, block_v] tile by write_o(o_smem, c,
     vs) (and with res_refs the chunk-start S, M and N) by TMA, waited for at the next step, and returns (S', M').
     tiles: the chunk's shared-memory inputs; bufs: this warpgroup's scratch; acc_in_place: S' and M' accumulate
     their key products in wgmma accumulators initialised with the decayed states (`mosaic_common.accumulate`; no
     second pair of [K, block_v] float32 tiles live); values: None, or a scalar 0/1 that scales the value tile (0:
-    the identity columns of `mdn_jax.pallas.seq_split`); keep: None, or a scalar 0/1 (0: the step leaves the state
-    as it is, a ragged segment's step past its end: the decays become 1, 0, 1 and the key products' operands 0)."""
+    the identity columns of `mdn_jax.pallas.seq_split`)."""
     vec_s, dec_s, t_s, attn_s, qb_s, kt_s, p_s, v_s = tiles
     s_smem, m_smem, rn_smem, gn_smem, hn_smem, o_smem = bufs
     S, M = carry
@@ -78,9 +77,8 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, *, acc_in_plac
     plgpu.commit_smem()
     (n,) = products((t_s, rn_smem))
     rn_smem[...] = n.astype(op)  # N, over R (read by the product above)
-    g_last, rho = (col["g_last"], col["rho"]) if keep is None else (col["g_last"] * keep, col["rho"] * keep)
-    gn_smem[...] = (g_last * n).astype(op)
-    hn_smem[...] = (-rho * n).astype(op)  # M' = m_l M + Kt^T (-rho N)
+    gn_smem[...] = (col["g_last"] * n).astype(op)
+    hn_smem[...] = (-col["rho"] * n).astype(op)  # M' = m_l M + Kt^T (-rho N)
     plgpu.commit_smem()
     if res_refs:
         plgpu.copy_smem_to_gmem(rn_smem, res_refs[2].at[bh, c, :, vs])
@@ -90,8 +88,6 @@ def _chunk_step(c, tiles, bufs, carry, write_o, res_refs, bh, vs, *, acc_in_plac
     write_o(o_smem, c, vs)
     kt_t = kt_s.transpose((1, 0))
     a_l, b_l, m_l = dec_s[0], dec_s[1], dec_s[2]
-    if keep is not None:  # exact at keep = 1; S, M unchanged at keep = 0
-        a_l, b_l, m_l = keep * a_l + (1 - keep), keep * b_l, keep * m_l + (1 - keep)
     return accumulate([(a_l * S - b_l * M, [(kt_t, gn_smem)]), (m_l * M, [(kt_t, hn_smem)])],
                       in_place=acc_in_place, stored=True)
 
@@ -250,7 +246,7 @@ def _split_program(*, num_heads, segments, num_chunks, value_blocks, identity_bl
 
 def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref, s_basis, m_basis, o_ref, fs_ref,
                   fm_ref, psi_ref, *bufs, num_heads, segments, num_chunks, steps, identity_cols, skip_first, block_v,
-                  stages, consumers, acc_in_place, identity_chunk, transforms):
+                  stages, consumers, acc_in_place, transforms):
     C, K = t_ref.shape[-1], qb_ref.shape[-1]
     width = consumers * block_v
     plan = functools.partial(_split_program, num_heads=num_heads, segments=segments, num_chunks=num_chunks,
@@ -259,14 +255,10 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
 
     ragged = num_chunks % segments != 0
 
-    def chunk(s, x):  # a short segment repeats its last chunk as its last step (kept out of the state)
+    def chunk(s, x):  # a short segment's last step re-reads its last chunk's tiles (the identity chunk's scalars)
         return x.first + (jnp.minimum(s, x.size - 1) if ragged else s)
 
-    # identity_chunk: the vecs and decay tables end in an identity chunk (decays 1, 0, 1; g_last = rho = 0) that a
-    # short segment's last step reads, so that no step is masked; else that step is masked by keep = 0
-    masked = ragged and not identity_chunk
-
-    def scalars_chunk(s):
+    def scalars_chunk(s):  # ragged: a short segment's last step reads the identity chunk NC of the vecs and decays
         x = plan()
         return jnp.where(s < x.size, x.first + s, num_chunks)
 
@@ -275,7 +267,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
     x = plan()
     in_specs = _chunk_specs(lambda s: chunk(s, plan()), x.bh, x.row, x.head, None, C, K, width, transforms,
                             value_index=lambda s: (plan().row, chunk(s, plan()), plan().head, plan().v_block),
-                            scalars_index=scalars_chunk if identity_chunk else None)
+                            scalars_index=scalars_chunk if ragged else None)
 
     def start(vs):
         return tuple(plgpu.load(r.at[:, vs], layout=plgpu.Layout.WGMMA, optimized=False) for r in (s_basis, m_basis))
@@ -289,7 +281,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
     # there hung the interpreter with two consumers)
     def step(s, tiles, mine, carry, vs):
         y = plan()
-        valid = s < y.size if ragged else True  # segments of equal size: no step is masked (nothing to keep live)
+        valid = s < y.size if ragged else True  # a short segment's last step writes nothing
 
         def write_o(src, c, vs):  # O's tile at its position; identity columns: Psi's at the segment's step
             @pl.when(valid & y.is_value)
@@ -302,7 +294,7 @@ def _split_kernel(vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_re
                 plgpu.copy_smem_to_gmem(src, psi_ref.at[y.seg_row * num_heads + y.head, pl.ds(s * C, C), vs])
 
         return _chunk_step(chunk(s, y), tiles, mine, carry, write_o, (), y.bh, vs, acc_in_place=acc_in_place,
-                           values=y.is_value.astype(jnp.float32), keep=valid.astype(jnp.float32) if masked else None)
+                           values=y.is_value.astype(jnp.float32))
 
     _over_chunks(step, (vec_ref, dec_ref, t_ref, attn_ref, qb_ref, kt_ref, p_ref, v_ref), in_specs, start, finish,
                  bufs, num_chunks=steps, block_v=block_v, stages=stages, consumers=consumers,
@@ -417,8 +409,9 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     columns (`mdn_jax.pallas.seq_split`): the first identity_cols = 2K with zero values, the last V with v's.
     One program per (row x head, block of consumers * block_v columns of one segment), each of ceil(NC / G)
     steps (a shorter segment's last step leaves its state unchanged: it reads an identity chunk appended to the
-    vecs and decay tables, `tuning.split_ragged_identity`; the per-step mask it replaced cost ~2x the time per step on
-    an H100 at 6b3a989).
+    vecs and decay tables: on an H100 at 6 segments of T=32768 1.259 ms forward against 1.249 with a 0/1 mask of
+    that step's decays and rows, which it replaced, and 1.802 with 6b3a989's mask of the tiles,
+    experiments/results/h100_2026-12-07_d0761f7).
 
     local, qb, kt, p, v: as `pass_forward_mosaic`'s (the unsplit rows); s_basis, m_basis: [K, 2K + V] float32,
     the start of S and M in every segment ([I, 0, 0] and [0, I, 0] for the split). Returns O [B, Tp, HV, V]
@@ -439,15 +432,13 @@ def split_pass_mosaic(local: LocalOutputs, qb, kt, p, v, s_basis, m_basis, *, se
     out_type = (jax.ShapeDtypeStruct(v.shape, op), jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments, HV, K, cols), jnp.float32),
                 jax.ShapeDtypeStruct((B * segments * HV, steps * C, ident), op))
-    identity_chunk = NC % segments != 0 and split_ragged_identity()
     vecs, decay = local.vecs, local.decay
-    if identity_chunk:  # chunk NC: the state passes unchanged (decays 1, 0, 1; zero vectors)
+    if NC % segments:  # chunk NC: the state passes unchanged (decays 1, 0, 1; zero vectors)
         vecs = jnp.concatenate([vecs, jnp.zeros_like(vecs[:, :1])], axis=1)
         decay = jnp.concatenate([decay, jnp.zeros_like(decay[:, :1]).at[..., 0].set(1).at[..., 2].set(1)], axis=1)
     kernel = functools.partial(_split_kernel, num_heads=HV, segments=segments, num_chunks=NC, steps=steps,
                                identity_cols=ident, skip_first=skip_first, block_v=block_v, stages=stages,
-                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret),
-                               identity_chunk=identity_chunk)
+                               consumers=consumers, acc_in_place=_pass_acc_in_place(interpret))
     programs = split_programs(segments, V, ident, consumers * block_v, skip_first)
     call = _launch(kernel, out_type, K, C, BH, cols, op, block_v=block_v, consumers=consumers, interpret=interpret,
                    programs=programs)

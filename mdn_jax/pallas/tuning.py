@@ -15,9 +15,8 @@ side-by-side measurement); `MDN_MOSAIC` picks the sequential passes' language an
 (`prep_config`);
 `MDN_MOSAIC_ACC=fresh` the pass-cotangent kernel's products and `MDN_MOSAIC_PASS_ACC=fresh` the Mosaic passes'
 state updates in fresh accumulators (`mosaic_common.in_place`);
-`MDN_SEQ_SPLIT` the forward's sequence split for few long rows (`seq_split_segments`), `MDN_SPLIT_ADD_KERNEL` its
-last step's kernel (`split_add_kernel`), `MDN_SPLIT_RAGGED=mask` its ragged segments' missing step as a masked step
-instead of an identity chunk (`split_ragged_identity`).
+`MDN_SEQ_SPLIT` the forward's sequence split for few long rows (`seq_split_segments`) and `MDN_SPLIT_ADD_KERNEL` its
+last step's kernel (`split_add_kernel`).
 """
 
 from __future__ import annotations
@@ -226,18 +225,6 @@ def split_add_kernel() -> bool:
     MDN_SPLIT_ADD_KERNEL=1, the default) or with XLA's product and add (0). H100, S400 at B=1, T=32768, forward,
     interleaved: 1.422 ms vs 1.524 (experiments/results/h100_2026-12-05_020ff85)."""
     return _env("MDN_SPLIT_ADD_KERNEL", 1) != 0
-
-
-def split_ragged_identity() -> bool:
-    """Whether a ragged split's short segments take their missing step as an identity chunk appended to the vecs
-    and decay tables (env MDN_SPLIT_RAGGED=identity, the default) or as a step masked by a 0/1 scale of the decays
-    and the g, rho rows (mask). H100, T=32768 at 6 segments (block_v 64, one stage): 1.259 and 1.249 ms forward,
-    interleaved (experiments/results/h100_2026-12-07_d0761f7); the mask of 6b3a989, which scaled the tiles, ran
-    1.802."""
-    mode = os.environ.get("MDN_SPLIT_RAGGED", "identity")
-    if mode not in ("identity", "mask"):
-        raise ValueError(f"MDN_SPLIT_RAGGED must be 'identity' or 'mask', got {mode!r}")
-    return mode == "identity"
 
 
 def grads_config() -> KernelBlocks:
