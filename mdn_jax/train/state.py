@@ -85,9 +85,17 @@ def make_setup(cfg: TrainConfig, mesh: Mesh, make_model: Callable[[], nnx.Module
                       n_params, emb)
 
 
-def init_state(setup: TrainSetup) -> dict:
-    """Initialise params (cast to cfg.param_dtype) and optimizer state directly into their shardings."""
+def init_state(setup: TrainSetup, eager: bool | None = None) -> dict:
+    """Initialise params (cast to cfg.param_dtype) and optimizer state into their shardings.
+
+    eager: run the initialisers op by op and place the result (one device: no sharded allocation is needed, and
+    it skips the compile of one program holding every initialiser, ~46 s of the 400M model's ~55 s on CPU), or
+    as one jit program whose outputs are born sharded (several devices). None picks eager on a one-device mesh.
+    The two give the same random draws; values may differ in the last bit (XLA fuses the scaling differently).
+    """
     pdt = jnp.dtype(setup.cfg.param_dtype)
+    if eager is None:
+        eager = setup.mesh.size == 1
 
     def init():
         params = nnx.split(setup.make_model(), nnx.Param, ...)[1].to_pure_dict()
@@ -97,6 +105,8 @@ def init_state(setup: TrainSetup) -> dict:
                 "rng": jax.random.key_data(jax.random.key(setup.cfg.seed + 1))}
 
     with jax.sharding.use_mesh(setup.mesh) if hasattr(jax.sharding, "use_mesh") else _null():
+        if eager:
+            return jax.device_put(init(), setup.state_shardings)
         return jax.jit(init, out_shardings=setup.state_shardings)()
 
 
