@@ -178,7 +178,7 @@ class MomentumDeltaNet(_DeltaMixer):
         self.Mu_log = nd(log_uniform_init(rngs.params(), (HV,), 0.0, 16.0))
         dt = dt_bias_init(rngs.params(), (HV,))
         self.dt_bias = nd(dt)
-        self.mu_bias = nd(dt)  # same initial values, independent parameters
+        self.mu_bias = nd(jnp.copy(dt))  # same initial values, an independent parameter (its own buffer)
         self.log_factor = nd(log_uniform_init(rngs.params(), (HV,), 0.0, 4.0))
         if use_output_correction:
             self.D_log = nd(log_uniform_init(rngs.params(), (HV,), 0.0, 1.0))

@@ -106,8 +106,28 @@ def init_state(setup: TrainSetup, eager: bool | None = None) -> dict:
 
     with jax.sharding.use_mesh(setup.mesh) if hasattr(jax.sharding, "use_mesh") else _null():
         if eager:
-            return jax.device_put(init(), setup.state_shardings)
+            return jax.device_put(_own_buffers(init()), setup.state_shardings)
         return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+def _own_buffers(tree):
+    """Copy every leaf that is the same array as an earlier one, so each leaf has its own buffer.
+
+    Eager initialisers may alias (a model giving two parameters one array; astype to the same dtype returns its
+    input), and a train step that donates the state then fails with "donate the same buffer twice". A jit
+    program's outputs never alias, so only the eager path needs this.
+    """
+    seen: set[int] = set()
+
+    def own(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if id(x) in seen:
+            return jnp.copy(x)
+        seen.add(id(x))
+        return x
+
+    return jax.tree.map(own, tree)
 
 
 def abstract_state(setup: TrainSetup) -> dict:
