@@ -681,12 +681,15 @@ def test_gpu_mosaic_passes_forward_and_grads(monkeypatch, T, K, V):
 @pytest.mark.parametrize("B,K,V", [(8, 128, 256), (4, 256, 512)])
 def test_gpu_mosaic_is_the_default_for_dense_s400_rows(monkeypatch, B, K, V):
     """At S400's heads (B=8, H=6, K=128, V=256) and 1.3B's (B=4, H=6, K=256, V=512), bf16, the default picks the
-    Mosaic passes; the result matches."""
+    Mosaic passes, the forward without differentiation with two consumer warpgroups; the result matches."""
     inputs, init, ref_inputs = _gpu_case(29, 256, K, V, jnp.bfloat16, B=B, H=6)
     calls = _count_mosaic_calls(monkeypatch)
+    consumers, counted = [], mosaic_pass.pass_forward_mosaic
+    monkeypatch.setattr(mosaic_pass, "pass_forward_mosaic",
+                        lambda *a, **kw: consumers.append(kw["consumers"]) or counted(*a, **kw))
     with _traced_anew(monkeypatch):
         out = run("pallas", inputs, init)
-    assert calls["forward"] == 1, calls
+    assert calls["forward"] == 1 and consumers == [2], (calls, consumers)
     assert_close(out, run("xla", ref_inputs, init), 1e-2, f"B={B} K={K} V={V} heads")
 
 

@@ -56,6 +56,13 @@ def test_mosaic_passes_for_dense_s400_on_the_gpu_only(monkeypatch):
     # the sequence split's pass over 2K + V columns: two consumers (its programs weighed by seq_split_segments)
     split = tuning.mosaic_config(128, 512, 2 * 6, jnp.bfloat16, dense=True, interpret=False, split=True)
     assert split == tuning.MosaicConfig(block_v=32, stages=2, consumers=2)
+    # the forward without differentiation: two consumers where 64-column programs fill the GPU (S400: 192)
+    infer = functools.partial(tuning.mosaic_config, op_dtype=jnp.bfloat16, dense=True, interpret=False, infer=True)
+    assert infer(128, 256, 8 * 6) == split
+    assert infer(128, 256, 4 * 6) == cfg  # S400 at B=4: 96 programs at two consumers, so one
+    assert infer(256, 512, 4 * 6) == wide
+    monkeypatch.setenv("MDN_MOSAIC_CONSUMERS", "1")
+    assert infer(128, 256, 8 * 6) == cfg
 
 
 def test_mosaic_env_switch(monkeypatch):

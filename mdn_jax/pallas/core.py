@@ -62,7 +62,7 @@ def _core(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final
                              interpret=interpret, split=split)
     local = _local(qb, kt, p, log_alpha, log_mu, beta, chunk, op_dtype, interpret, cfg, False)
     return pass_forward(local, qb, kt, p, v, s0, m0, chunk_init, chunk_final, save=False, block_v=cfg.block_v_infer,
-                        interpret=interpret, num_warps=cfg.num_warps, mosaic=cfg.mosaic)
+                        interpret=interpret, num_warps=cfg.num_warps, mosaic=cfg.mosaic_infer)
 
 
 def _core_fwd(qb, kt, p, v, log_alpha, log_mu, beta, s0, m0, chunk_init, chunk_final, chunk, op_dtype, interpret,
@@ -96,10 +96,12 @@ def _core_bwd(chunk, op_dtype, interpret, cfg, split, res, cot):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def _mosaic_pass(K, V, C, rows, op_dtype, dense, interpret, identity_cols=0):
+def _mosaic_pass(K, V, C, rows, op_dtype, dense, interpret, identity_cols=0, infer=False):
     """The Mosaic GPU passes' configuration where `tuning.mosaic_config` picks them and their kernels take the
-    shapes (`mosaic_pass.supported`), else None (the Triton passes); identity_cols > 0: the sequence split's pass."""
-    mosaic = mosaic_config(K, V, rows, op_dtype, dense=dense, interpret=interpret, split=identity_cols > 0)
+    shapes (`mosaic_pass.supported`), else None (the Triton passes); identity_cols > 0: the sequence split's pass;
+    infer: the forward pass without differentiation."""
+    mosaic = mosaic_config(K, V, rows, op_dtype, dense=dense, interpret=interpret, split=identity_cols > 0,
+                           infer=infer)
     if mosaic is None or not mosaic_supports(K, V, C, mosaic.block_v, mosaic.consumers, identity_cols, mosaic.stages):
         return None
     return mosaic
@@ -141,7 +143,8 @@ def pallas_core(x: CoreInputs, chunk_size: int, *, operand_dtype=None, interpret
     if op_dtype == jnp.float64 and not interpret:
         raise TypeError("implementation='pallas' on GPU takes float32/bfloat16/float16 inputs, not float64")
     dense = dense_rows and x.s0.dtype == jnp.float32
-    cfg = cfg._replace(mosaic=_mosaic_pass(Kp, Vp, C, B * HV, op_dtype, dense, interpret))
+    cfg = cfg._replace(mosaic=_mosaic_pass(Kp, Vp, C, B * HV, op_dtype, dense, interpret),
+                       mosaic_infer=_mosaic_pass(Kp, Vp, C, B * HV, op_dtype, dense, interpret, infer=True))
     split = _split_config(B * HV, Tp // C, Kp, Vp, C, op_dtype, dense, interpret, zero_start)
     s0, m0 = (_pad_last(_pad_last(s, Vp), Kp, axis=-2) for s in (x.s0, x.m0))
     qb, kt, p = (_pad_last(a, Kp) for a in (x.qb, x.kt, x.p))

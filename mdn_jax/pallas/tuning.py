@@ -43,7 +43,8 @@ class BlockConfig(NamedTuple):
     num_warps: int  # sequential passes
     local_warps: int  # the chunk-local coefficient kernel
     solve_warps: int  # the chunk-local triangular solve (16 x 16 blocks; `block_config`)
-    mosaic: MosaicConfig | None = None  # the sequential passes in Mosaic GPU instead of Triton (`mosaic_config`)
+    mosaic: MosaicConfig | None = None  # the passes under differentiation in Mosaic GPU, not Triton (`mosaic_config`)
+    mosaic_infer: MosaicConfig | None = None  # the same for the forward pass without differentiation
 
 
 class PrepConfig(NamedTuple):
@@ -107,8 +108,9 @@ def block_config(K: int, V: int, chunk_size: int, rows: int = 1 << 20) -> BlockC
 
 
 # K <= 128: two chunks in flight (at block_v 64 a chunk's tiles and the scratch fill shared memory at one stage)
-_MOSAIC = MosaicConfig(block_v=32, stages=2, consumers=1)  # the unsplit passes
-_MOSAIC_SPLIT = MosaicConfig(block_v=32, stages=2, consumers=2)  # the sequence split's pass over 2K + V columns
+_MOSAIC = MosaicConfig(block_v=32, stages=2, consumers=1)  # the saving pass and the sweep; few-row inference
+# without differentiation: the split's pass over 2K + V columns, and the unsplit pass where it has enough programs
+_MOSAIC_INFER = MosaicConfig(block_v=32, stages=2, consumers=2)
 _MOSAIC_WIDE_K = MosaicConfig(block_v=32, stages=1, consumers=2)  # K > 128: what fits shared memory with two consumers
 
 
@@ -119,14 +121,16 @@ def has_wgmma() -> bool:
     return capability is not None and str(capability).split(".")[0] == "9"
 
 
-def _mosaic_fields(K: int, split: bool = False) -> MosaicConfig:
-    base = _MOSAIC_WIDE_K if K > 128 else _MOSAIC_SPLIT if split else _MOSAIC
+def _mosaic_fields(K: int, split: bool = False, infer_columns: int = 0) -> MosaicConfig:
+    """infer_columns: rows * V of the unsplit pass without differentiation (0: under differentiation)."""
+    wide_infer = infer_columns // (_MOSAIC_INFER.consumers * _MOSAIC_INFER.block_v) >= _FEW_PROGRAMS
+    base = _MOSAIC_WIDE_K if K > 128 else _MOSAIC_INFER if split or wide_infer else _MOSAIC
     return MosaicConfig(block_v=_env("MDN_MOSAIC_BLOCK_V", base.block_v), stages=_env("MDN_MOSAIC_STAGES", base.stages),
                         consumers=_env("MDN_MOSAIC_CONSUMERS", base.consumers))
 
 
 def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool, interpret: bool,
-                  split: bool = False) -> MosaicConfig | None:
+                  split: bool = False, infer: bool = False) -> MosaicConfig | None:
     """The Mosaic GPU passes' configuration where they should replace the Triton passes (None: the Triton ones);
     the caller also checks the kernels' shape limits (`mosaic_pass.supported`).
 
@@ -140,15 +144,19 @@ def mosaic_config(K: int, V: int, rows: int, op_dtype, *, dense: bool, interpret
     `mosaic_pass.smem_bytes`): H100, 1.3B (B=4, H=6, K=256, V=512), op forward+backward 5.26 ms vs 6.90 with the
     Triton passes (h100_2026-12-05_020ff85); with few programs (rows * V / block_v < `_FEW_PROGRAMS`) K = 256
     keeps the Triton passes. Other K keep the Triton passes (not measured). split: the sequence split's pass
-    (`_MOSAIC_SPLIT`: two consumers of block_v 32 at two stages; `seq_split_segments` weighed its programs, and
-    it has no Triton form). Env MDN_MOSAIC_BLOCK_V, MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the
-    configuration's fields (for tuning runs; a configuration outside `mosaic_pass.supported` at the op's shapes
-    leaves the Triton passes, as every shape outside it does).
+    (`_MOSAIC_INFER`: two consumers of block_v 32 at two stages; `seq_split_segments` weighed its programs, and
+    it has no Triton form). infer: the forward pass without differentiation, which at K = 128 takes `_MOSAIC_INFER`
+    where its rows * V / 64 programs are at least `_FEW_PROGRAMS` (H100, 8f0f753, interleaved: S400 forward 0.704
+    ms against 0.785 with one consumer, experiments/results/h100_2026-12-07_8f0f753; under differentiation one
+    consumer won, above; few rows, as S400 at B=4, keep one: not measured with two). Env MDN_MOSAIC_BLOCK_V,
+    MDN_MOSAIC_STAGES, MDN_MOSAIC_CONSUMERS override the configuration's fields, of every pass alike (for tuning
+    runs; a configuration outside `mosaic_pass.supported` at the op's shapes leaves the Triton passes, as every
+    shape outside it does).
     """
     mode = os.environ.get("MDN_MOSAIC", "auto")
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"MDN_MOSAIC must be 'auto', '0' or '1', got {mode!r}")
-    cfg = _mosaic_fields(K, split)
+    cfg = _mosaic_fields(K, split, rows * V if infer else 0)
     sixteen_bit = jnp.dtype(op_dtype).itemsize == 2  # wgmma operands (float32 only in interpret mode)
     if mode == "0" or not dense or not (sixteen_bit or interpret):
         return None
@@ -170,7 +178,7 @@ def seq_split_segments(rows: int, num_chunks: int, K: int, V: int, *, dense: boo
     does not divide the chunks, run their missing step as an identity chunk at no extra cost), with segments of
     at least `_SPLIT_MIN_CHUNKS` chunks. zero_start: no initial state (the first segment's identity columns are
     not run); sms: the GPU's multiprocessors (default: the device's, else 132). Measured, S400 at B=1, T=32768 (6
-    rows, 512 chunks), forward, zero start, H100, interleaved, the split's pass at `_MOSAIC_SPLIT`
+    rows, 512 chunks), forward, zero start, H100, interleaved, the split's pass at `_MOSAIC_INFER`
     (experiments/results/h100_2026-12-07_d0761f7): 0.967-0.971 ms with 3 segments (the model's pick: 120
     programs, one wave of 171 steps), 1.046 with 6, 1.177 with 2, 1.241 with 4; at the former block_v 64, one
     stage: 1.259 with 6 (ragged), 1.498 with 4. S400 at B=4 (24 rows, 64 chunks) lost with 2 (H200: 0.877 vs
