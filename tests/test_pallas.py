@@ -372,6 +372,21 @@ def test_interpret_mosaic_passes_forward_and_grads(monkeypatch, T, K, V, with_in
     assert_grads_close(g, grads("xla", inputs, init, seed=0), 1e-4, "mosaic")
 
 
+def test_interpret_mosaic_passes_with_segment_ids(monkeypatch):
+    """Packed documents in dense rows (the training data's layout) take the Mosaic passes: segment resets (one
+    inside a chunk, one on a chunk boundary) give the outputs and gradients of 'xla' and the scan's outputs."""
+    inputs, _ = make_inputs(23, B=2, T=150, H=1, K=64, V=128)
+    seg = jnp.asarray(np.stack([np.repeat([0, 1, 2], [40, 24, 86]), np.repeat([0, 1], [128, 22])]), jnp.int32)
+    calls = _count_mosaic_calls(monkeypatch)
+    with _traced_anew(monkeypatch, "MDN_MOSAIC=1"):
+        out = run("pallas", inputs, None, segment_ids=seg)
+        g = grads("pallas", inputs, None, segment_ids=seg)
+    assert all(calls.values()), calls
+    assert_close(out, run("scan", inputs, None, segment_ids=seg), 1e-4, "mosaic segment_ids vs scan")
+    assert_close(out, run("xla", inputs, None, segment_ids=seg), 1e-4, "mosaic segment_ids")
+    assert_grads_close(g, grads("xla", inputs, None, segment_ids=seg), 1e-4, "mosaic segment_ids")
+
+
 def test_interpret_mosaic_cotangent_kernel_in_the_op(monkeypatch):
     """MDN_GRADS_KERNEL=mosaic: the pass cotangents as the Mosaic GPU kernel (interpret mode) inside the op, the
     gradients == 'xla' (it is called: a spy counts its traced calls). K halves and V blocks: test_pallas_mosaic."""
@@ -675,6 +690,25 @@ def test_gpu_mosaic_passes_forward_and_grads(monkeypatch, T, K, V):
     assert all(calls.values()), calls
     assert_close(out, run("xla", ref_inputs, init), 1e-2, f"mosaic T={T} K={K} V={V}")
     assert_grads_close(g, grads("xla", ref_inputs, init), 2e-2, f"mosaic T={T} K={K} V={V}")
+
+
+@gpu
+def test_gpu_default_passes_with_segment_ids_at_the_400m_micro_batch(monkeypatch):
+    """The 400M run's micro-batch heads (B=4, H=6, K=128, V=256, bf16) with packed documents (segment_ids, resets
+    inside and on chunk boundaries): the default takes the Mosaic passes, and outputs and gradients match the fp32
+    reference."""
+    T = 512
+    inputs, _, ref_inputs = _gpu_case(37, T, 128, 256, jnp.bfloat16, B=4, H=6)
+    rng = np.random.default_rng(37)
+    starts = (rng.random((4, T)) < 0.01) | (np.arange(T) == 128)  # ~5 documents a row; one starts a chunk
+    seg = jnp.asarray(np.cumsum(starts, axis=1), jnp.int32)
+    calls = _count_mosaic_calls(monkeypatch)
+    with _traced_anew(monkeypatch):
+        out = run("pallas", inputs, None, segment_ids=seg)
+        g = grads("pallas", inputs, None, segment_ids=seg)
+    assert all(calls.values()), calls
+    assert_close(out, run("xla", ref_inputs, None, segment_ids=seg), 1e-2, "segment_ids at B=4 H=6")
+    assert_grads_close(g, grads("xla", ref_inputs, None, segment_ids=seg), 2e-2, "segment_ids at B=4 H=6")
 
 
 @gpu
