@@ -4,8 +4,9 @@
 # Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN (0: skip the generation benchmark), GEN_ARGS, GEN_TIMEOUT, FLA (1: run
 # the FLA parity test), FLA_TIMEOUT (90), HLO (1: dump the optimized HLO and trace the profile's largest fusion kernels
 # to their source lines, fusions.md). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
-# bench_generate.{json,log}, fla.log, fusions.md. The set-up takes ~80 s and the train step's compile 2-3 minutes (400M,
-# 21 layers): give TRAIN_TIMEOUT at least 400 s (275 did not reach the first step's end on an H100, 8f0f753).
+# bench_generate.{json,log}, fla.log, fusions.md. The set-up took ~80 s before f325902's eager init (9 s on CPU; not
+# yet measured on a GPU) and the train step's compile takes 2-3 minutes (400M, 21 layers; logged as "compiled the
+# train step in N s"): give TRAIN_TIMEOUT at least 400 s (275 did not reach the first step's end on an H100, 8f0f753).
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92 TIKTOKEN_CACHE_DIR=
 source experiments/gpu_setup.sh
 if [ "${FLA:-1}" = 1 ]; then

@@ -100,7 +100,8 @@ def compare(preset: str, models: list[str], data: str, runs_dir: str, seed: int 
                      "tokens_per_s": statistics.median(tps) if tps else None,
                      "mfu": statistics.median(mfus) if mfus else None,
                      "peak_mem_gib": max((r["peak_mem_gib"] for r in trains if "peak_mem_gib" in r), default=None),
-                     "first_step_seconds": trains[0]["step_time"] if trains else None,  # compile + one step
+                     "first_step_seconds": (trains[0]["step_time"] + trains[0].get("compile_s", 0.0)) if trains
+                     else None,  # compile + one step
                      "wall_seconds": wall, "skipped": res["skipped"],
                      "tokens": res["step"] * cfg.batch_size * cfg.seq_len, "run_dir": out, "curves": _curves(recs)})
         print(f"[{kind}] " + json.dumps({k: v for k, v in rows[-1].items() if k != "curves"}), flush=True)

@@ -1,4 +1,4 @@
-"""A profiled training run writes a trace; experiments/trace_summary.py reads it; metrics carry peak memory."""
+"""A profiled run writes a trace; experiments/trace_summary.py reads it; metrics carry step and compile times."""
 
 import json
 import os
@@ -20,3 +20,6 @@ def test_profile_steps_trace_is_summarised(tmp_path):
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     train = [r for r in records if r.get("split") == "train"]
     assert train and all("step_time" in r for r in train)
+    # the train step is compiled before the first step, and that time is the first record's, not in its step_time
+    assert train[0]["compile_s"] > 0 and all("compile_s" not in r for r in train[1:])
+    assert train[0]["step_time"] < train[0]["compile_s"]

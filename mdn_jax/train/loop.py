@@ -176,8 +176,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     log(f"model {cfg.model}: {setup.n_params:,} params, {fpt / 1e6:.2f} MFLOP/token | mesh "
         f"{dict(mesh.shape)} | batch {cfg.batch_size}x{cfg.seq_len} (accum {cfg.grad_accum}) | "
         f"tokenizer {tokenizer.name} | data {cfg.data}: {len(train_src)} train / "
-        f"{0 if eval_src is None else len(eval_src)} eval docs | set-up {time.perf_counter() - t_setup:.1f} s "
-        "(the first step's time includes compilation)")
+        f"{0 if eval_src is None else len(eval_src)} eval docs | set-up {time.perf_counter() - t_setup:.1f} s")
     losses, evals, step = [], [], start
     profiler = _Profiler(cfg.profile_steps, os.path.join(cfg.out, "profile"))
 
@@ -186,11 +185,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     try:
         with _Stop() as stop:
-            t_last, n_tok, n_steps, paused = time.perf_counter(), 0, 0, 0.0  # paused: eval/checkpoint time
+            t_last, n_tok, n_steps, paused = time.perf_counter(), 0, 0, 0.0  # paused: eval/checkpoint/compile
+            compiled, compile_s = None, None
             while step < last:
                 batch = _to_global(next(pipe), bsh, cfg.batch_size)
+                if compiled is None:
+                    compiled, compile_s = _compile(train_step, state, batch, logger.print)
+                    paused += compile_s
                 profiler.before(step + 1)
-                state, m = train_step(state, batch)
+                state, m = compiled(state, batch)
                 step += 1
                 profiler.after(step, state)
                 n_tok += cfg.batch_size * cfg.seq_len
@@ -207,6 +210,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     mem = peak_memory_gib()
                     if mem is not None:
                         rec["peak_mem_gib"] = mem
+                    if compile_s is not None:  # the first logged step: its compile, not in step_time
+                        rec["compile_s"], compile_s = compile_s, None
                     if not bool(m["finite"]):
                         logger.print(f"warning: step {step}: non-finite gradients, update skipped "
                                      f"({int(m['skipped'])} skipped so far)")
@@ -245,6 +250,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ckpt.close()
     return {"step": step, "losses": losses, "eval": evals, "sample": sample,
             "skipped": int(jax.device_get(state["skipped"])), "state": state}
+
+
+def _compile(train_step, state, batch, say) -> tuple:
+    """(the train step compiled for these arguments' shapes and shardings, seconds taken), saying so before and
+    after: at the 400M model on one GPU this takes minutes."""
+    say("compiling the train step ...")
+    t = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    dt = time.perf_counter() - t
+    say(f"compiled the train step in {dt:.1f} s")
+    return compiled, dt
 
 
 def _sample(model, tokenizer, cfg) -> str:

@@ -78,7 +78,7 @@ def format_line(step: int, split: str, s: dict) -> str:
     parts = [f"{split:5s} step {int(step):6d}"]
     fmt = {"loss": "loss {:.4f}", "ppl": "ppl {:.2f}", "lr": "lr {:.2e}", "grad_norm": "gnorm {:.3f}",
            "skipped": "skipped {:.0f}", "tokens_per_s": "tok/s {:.0f}", "step_time": "step {:.3f}s",
-           "mfu": "mfu {:.1%}", "peak_mem_gib": "mem {:.1f}GiB"}
+           "mfu": "mfu {:.1%}", "peak_mem_gib": "mem {:.1f}GiB", "compile_s": "compile {:.1f}s"}
     for k, f in fmt.items():
         if k in s:
             parts.append(f.format(float(s[k])))
