@@ -27,3 +27,9 @@ def test_batch_not_divisible_by_data_parallel(tmp_path):
     p = run_cli(["train", "--out", str(tmp_path / "o"), *TINY, "batch_size=4"], check=False,
                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert "not divisible by the data-parallel size 8" in one_line_error(p)
+
+
+def test_compile_cache_path_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    p = run_cli(["train", "--out", str(tmp_path / "o"), *TINY, f"compile_cache={tmp_path / 'file'}"], check=False)
+    assert "compile_cache: cannot create" in one_line_error(p)

@@ -80,6 +80,8 @@ class TrainConfig:
     sample_temperature: float = 0.8      # 0 = greedy
     debug_nan_step: int = -1              # testing: make step N's gradients NaN (it must be skipped)
     profile_steps: str = ""               # "START:END": jax.profiler trace of steps START..END-1 into <out>/profile
+    compile_cache: str = ""               # a directory for JAX's persistent compilation cache ("" = none): a rerun
+                                          # of the same model and shapes loads its compiled steps from there
 
     def validate(self) -> TrainConfig:
         pos = ("seq_len", "batch_size", "grad_accum", "steps", "log_every", "ckpt_every", "keep_checkpoints",

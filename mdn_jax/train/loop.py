@@ -130,6 +130,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     t_setup = time.perf_counter()
     cfg.validate()
     shd.maybe_initialize_distributed()
+    if cfg.compile_cache:
+        _use_compile_cache(cfg.compile_cache)
     pidx, pcount = jax.process_index(), jax.process_count()
     tokenizer = get_tokenizer(cfg.tokenizer)
     source = load_source(cfg.data, cfg.text_key)
@@ -250,6 +252,19 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ckpt.close()
     return {"step": step, "losses": losses, "eval": evals, "sample": sample,
             "skipped": int(jax.device_get(state["skipped"])), "state": state}
+
+
+def _use_compile_cache(path: str) -> None:
+    """Point JAX's persistent compilation cache at `path` (created if missing); programs compiled in >= 1 s are
+    kept there and loaded by later runs of the same programs."""
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"compile_cache: cannot create {path}: {e}") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"compile_cache: {path} is not writable")
+    jax.config.update("jax_compilation_cache_dir", path)
 
 
 def _compile(train_step, state, batch, say) -> tuple:
