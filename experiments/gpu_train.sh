@@ -21,9 +21,13 @@ train() {  # the 400M preset: GPT-2 BPE on the embedded Shakespeare corpus, seq 
     tensorboard=false profile_steps=${PROFILE:-30:32} "$@" ${TRAIN_ARGS:-} 2>&1 | tee -a "$OUT/train.log"
   return ${PIPESTATUS[0]}
 }
-# micro-batch 4 x 4096 without rematerialisation; if that does not fit, rematerialise each block
-train batch_size=16 grad_accum=4 || { echo "retrying with model.remat=true" | tee -a "$OUT/train.log"; \
-  train batch_size=16 grad_accum=4 model.remat=true; }
+# micro-batch 4 x 4096 without rematerialisation; if that fails (not by the timeout: a second compile would not
+# fit either), rematerialise each block
+train batch_size=16 grad_accum=4; rc=$?
+if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
+  echo "exit $rc: retrying with model.remat=true" | tee -a "$OUT/train.log"
+  train batch_size=16 grad_accum=4 model.remat=true
+fi
 cp $RUN/metrics.jsonl "$OUT/" 2>/dev/null
 timeout 60 python3 experiments/trace_summary.py $RUN/profile --out "$OUT/train_profile.json" | head -30
 [ "${HLO:-0}" = 1 ] && timeout 120 python3 experiments/hlo_fusions.py /tmp/hlo --summary "$OUT/train_profile.json" \
