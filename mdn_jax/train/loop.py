@@ -272,9 +272,11 @@ def _compile(train_step, state, batch, say) -> tuple:
     after: at the 400M model on one GPU this takes minutes."""
     say("compiling the train step ...")
     t = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
+    lowered = train_step.lower(state, batch)
+    t_lower = time.perf_counter() - t
+    compiled = lowered.compile()
     dt = time.perf_counter() - t
-    say(f"compiled the train step in {dt:.1f} s")
+    say(f"compiled the train step in {dt:.1f} s (tracing and lowering {t_lower:.1f} s, XLA {dt - t_lower:.1f} s)")
     return compiled, dt
 
 
