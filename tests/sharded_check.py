@@ -13,9 +13,9 @@ from mdn_jax.train.state import init_state, make_setup
 from mdn_jax.train.step import make_train_step
 
 
-def run(mesh_shape, devices, accum=1):
-    cfg = load_train_config("tiny", {"model": "tiny_model:build", "batch_size": 8, "seq_len": 16, "grad_accum": accum,
-                                     "warmup_steps": 1, "loss_chunk": 40})
+def run(mesh_shape, devices, accum=1, model="tiny_model:build", **overrides):
+    cfg = load_train_config("tiny", {"model": model, "batch_size": 8, "seq_len": 16, "grad_accum": accum,
+                                     "warmup_steps": 1, "loss_chunk": 40, **overrides})
     make, mcfg = model_factory(cfg, 259)
     mesh = make_mesh(*mesh_shape, devices=devices)
     setup = make_setup(cfg, mesh, make, mcfg)
@@ -45,6 +45,12 @@ def main():
         if shape[2] > 1:
             assert any("tensor" in s for s in specs.values()), specs
         print("ok", shape, accum, l)
+    # the MDN model with its blocks as one lax.scan, sharded over data x fsdp x tensor == its unsharded loop
+    ref_l, ref_p, _ = run((1, 1, 1), jax.devices()[:1], model="tiny_mdn")
+    l, p, _ = run((2, 2, 2), jax.devices(), model="tiny_mdn", **{"model.scan_layers": True})
+    np.testing.assert_allclose(l, ref_l, rtol=2e-5, atol=2e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6), p, ref_p)
+    print("ok scan_layers (2, 2, 2)", l)
     print("ALL OK")
     return 0
 

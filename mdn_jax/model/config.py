@@ -113,6 +113,7 @@ class ModelConfig:
     param_dtype: str = "float32"   # storage dtype of parameters
     logits_dtype: str = "float32"  # dtype of the returned logits
     remat: bool = False            # rematerialise each block in the backward pass
+    scan_layers: bool = False      # run each run of identical blocks as one lax.scan (compiled once, not per layer)
     chunk_size: int = 64
     implementation: str | None = None  # op implementation: None (default for the backend), 'xla', 'scan', 'pallas'
 

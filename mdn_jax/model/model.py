@@ -91,6 +91,14 @@ class CausalLM(nnx.Module):
         reset where the id changes). cache: the per-layer tuple from `init_cache`; when given, returns
         (logits, new_cache) and continues from the cached state (T == 1 uses the recurrent step).
         """
+        out = self.hidden(tokens, segment_ids=segment_ids, cache=cache)
+        h, new_cache = out if cache is not None else (out, None)
+        logits = self.logits(h)
+        return logits if cache is None else (logits, new_cache)
+
+    def hidden(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None, cache: tuple | None = None):
+        """tokens [B, T] int -> final-norm hidden states [B, T, D] (with the new cache if `cache` is given); the
+        trainer's chunked cross-entropy maps them to logits a chunk of tokens at a time (`logits_from_hidden`)."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
         if segment_ids is not None and segment_ids.shape != tokens.shape:
@@ -104,21 +112,26 @@ class CausalLM(nnx.Module):
         # step keeps the table in float32 for this (`mdn_jax.train.step._cast`).
         x = jnp.take(self.embeddings.embedding.value, tokens, axis=0).astype(_dt(self.config.dtype))
         new_cache = []
-        for i, block in enumerate(self.layers):
-            if cache is not None:
-                x, c = block(x, cache=cache[i])
-                new_cache.append(c)
-            elif self.config.remat:
-                x = nnx.remat(lambda b, h, s: b(h, segment_ids=s))(block, x, segment_ids)
-            else:
-                x = block(x, segment_ids=segment_ids)
-        logits = self.logits(self.norm(x))
-        return logits if cache is None else (logits, tuple(new_cache))
+        if cache is None and self.config.scan_layers:
+            x = _scan_blocks(list(self.layers), x, segment_ids, self.config.remat)
+        else:
+            for i, block in enumerate(self.layers):
+                if cache is not None:
+                    x, c = block(x, cache=cache[i])
+                    new_cache.append(c)
+                elif self.config.remat:
+                    x = nnx.remat(lambda b, h, s: b(h, segment_ids=s))(block, x, segment_ids)
+                else:
+                    x = block(x, segment_ids=segment_ids)
+        h = self.norm(x)
+        return h if cache is None else (h, tuple(new_cache))
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Final hidden states [..., D] -> logits [..., vocab] in cfg.logits_dtype."""
         out = self.embeddings.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
         return out.astype(_dt(self.config.logits_dtype))
+
+    logits_from_hidden = logits
 
     # ---- decoding -------------------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int) -> tuple:
@@ -134,6 +147,35 @@ class CausalLM(nnx.Module):
         """One token per row, [B] int -> (logits [B, vocab], cache)."""
         logits, cache = self(token[:, None], cache=cache)
         return logits[:, 0], cache
+
+
+def _scan_blocks(blocks: list, x: jax.Array, segment_ids, remat: bool) -> jax.Array:
+    """x [B, T, D] through `blocks` in order, each run of consecutive blocks of one structure (graphdef) as one
+    `lax.scan` over their parameters stacked along a new leading axis: the run's body is traced and compiled once.
+
+    The parameter tree stays per layer (checkpoints, sharding rules and conversion are unchanged); the stacking is
+    a copy of the run's parameters per call and its transpose a slice of their gradients.
+    """
+    def body(h, state, graphdef):
+        return nnx.merge(graphdef, state)(h, segment_ids=segment_ids)
+
+    split = [nnx.split(b) for b in blocks]
+    i = 0
+    while i < len(split):
+        j = i + 1
+        while j < len(split) and split[j][0] == split[i][0]:
+            j += 1
+        graphdef = split[i][0]
+        step = lambda h, st, g=graphdef: (body(h, st, g), None)  # noqa: E731
+        if remat:
+            step = jax.checkpoint(step)
+        if j - i == 1:
+            x = step(x, split[i][1])[0]
+        else:
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *(st for _, st in split[i:j]))
+            x = jax.lax.scan(step, x, stacked)[0]
+        i = j
+    return x
 
 
 def build_model(cfg: ModelConfig | str, *, seed: int = 0, **overrides) -> CausalLM:

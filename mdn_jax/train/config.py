@@ -56,7 +56,7 @@ class TrainConfig:
     # precision
     param_dtype: str = "float32"          # master parameters
     compute_dtype: str = "float32"        # params are cast to this for the forward/backward ('bfloat16' on GPU)
-    loss_chunk: int = 2048                # tokens per chunk of the chunked cross-entropy
+    loss_chunk: int = 2048                # tokens per chunk of the chunked cross-entropy (0: full logits)
     # parallelism
     mesh_data: int = -1                   # -1: all devices not used by fsdp/tensor
     mesh_fsdp: int = 1
@@ -85,10 +85,12 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         pos = ("seq_len", "batch_size", "grad_accum", "steps", "log_every", "ckpt_every", "keep_checkpoints",
-               "loss_chunk", "vocab_multiple")
+               "vocab_multiple")
         for k in pos:
             if int(getattr(self, k)) <= 0:
                 raise UserError(f"{k} must be positive, got {getattr(self, k)}")
+        if int(self.loss_chunk) < 0:
+            raise UserError(f"loss_chunk must be >= 0 (0: full logits), got {self.loss_chunk}")
         if self.batch_size % self.grad_accum:
             raise UserError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.profile_steps:

@@ -3,7 +3,8 @@
 With a model that has `hidden(tokens, segment_ids) -> h [B, T, D]` and `logits_from_hidden(h) -> [..., V]`, the
 N = B*T hidden states are cut into chunks of `chunk` tokens and a `lax.scan` computes each chunk's logits, its
 float32 log-sum-exp and target logit; the chunk body is rematerialised (`jax.checkpoint`), so the backward pass
-holds one [chunk, V] block at a time instead of [N, V]. Models with only `__call__` get full-logit cross-entropy.
+holds one [chunk, V] block at a time instead of [N, V]. Models with only `__call__`, or chunk = 0, get full-logit
+cross-entropy.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def lm_loss_sum(model, tokens, segment_ids, chunk: int = 2048):
     """
     targets, mask = targets_and_mask(tokens, segment_ids)
     count = jnp.sum(mask).astype(jnp.float32)
-    if hasattr(model, "hidden") and hasattr(model, "logits_from_hidden"):
+    if chunk > 0 and hasattr(model, "hidden") and hasattr(model, "logits_from_hidden"):
         h = model.hidden(tokens, segment_ids=segment_ids)
         B, T, D = h.shape
         total = chunked_cross_entropy(h.reshape(B * T, D), targets.reshape(-1), mask.reshape(-1),
