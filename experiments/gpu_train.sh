@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: the 400M MDN training run (throughput, MFU, memory, loss curve, profile), the generation
 # benchmark, the FLA parity test. Usage (GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_train.sh
-# Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT, GEN (0: skip the generation benchmark), GEN_ARGS, GEN_TIMEOUT, FLA (1: run
+# Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT,
+# VARIANTS (';'-separated override sets, each one more run after the first, see below), GEN (0: skip the generation benchmark), GEN_ARGS, GEN_TIMEOUT, FLA (1: run
 # the FLA parity test), FLA_TIMEOUT (90), HLO (1: dump the optimized HLO and trace the profile's largest fusion kernels
 # to their source lines, fusions.md). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
 # bench_generate.{json,log}, fla.log, fusions.md. The set-up took ~80 s before f325902's eager init (9 s on CPU; not
@@ -30,6 +31,18 @@ if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
 fi
 cp $RUN/metrics.jsonl "$OUT/" 2>/dev/null
 timeout 60 python3 experiments/trace_summary.py $RUN/profile --out "$OUT/train_profile.json" | head -30
+# VARIANTS="model.scan_layers=true;loss_chunk=0": more runs of the same step, one per ';'-separated set of overrides,
+# each with its log (train_vN.log), metrics (metrics_vN.jsonl) and profile summary (train_profile_vN.json)
+IFS=';' read -ra variants <<< "${VARIANTS:-}"
+for i in "${!variants[@]}"; do
+  echo "variant v$i: ${variants[$i]}" | tee -a "$OUT/train.log"
+  RUN=/tmp/run400m_v$i
+  # shellcheck disable=SC2086 # each variant is a space-separated list of overrides
+  train batch_size=16 grad_accum=4 ${variants[$i]} > "$OUT/train_v$i.log" 2>&1
+  grep -E "compiled|train step" "$OUT/train_v$i.log" | tail -4
+  cp $RUN/metrics.jsonl "$OUT/metrics_v$i.jsonl" 2>/dev/null
+  timeout 60 python3 experiments/trace_summary.py $RUN/profile --out "$OUT/train_profile_v$i.json" | head -12
+done
 [ "${HLO:-0}" = 1 ] && timeout 120 python3 experiments/hlo_fusions.py /tmp/hlo --summary "$OUT/train_profile.json" \
   --top 8 --out "$OUT/fusions.md" | cut -c1-400
 [ "${GEN:-1}" = 1 ] && timeout ${GEN_TIMEOUT:-150} python3 experiments/bench_generate.py --out "$OUT" ${GEN_ARGS:-} 2>&1 \
