@@ -11,6 +11,8 @@ chunked operator from the cached state and returns the final state; then
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -156,25 +158,18 @@ def _scan_blocks(blocks: list, x: jax.Array, segment_ids, remat: bool) -> jax.Ar
     The parameter tree stays per layer (checkpoints, sharding rules and conversion are unchanged); the stacking is
     a copy of the run's parameters per call and its transpose a slice of their gradients.
     """
-    def body(h, state, graphdef):
-        return nnx.merge(graphdef, state)(h, segment_ids=segment_ids)
+    for graphdef, run in itertools.groupby((nnx.split(b) for b in blocks), key=lambda split: split[0]):
+        states = [state for _, state in run]
 
-    split = [nnx.split(b) for b in blocks]
-    i = 0
-    while i < len(split):
-        j = i + 1
-        while j < len(split) and split[j][0] == split[i][0]:
-            j += 1
-        graphdef = split[i][0]
-        step = lambda h, st, g=graphdef: (body(h, st, g), None)  # noqa: E731
+        def step(h, state, graphdef=graphdef):
+            return nnx.merge(graphdef, state)(h, segment_ids=segment_ids), None
+
         if remat:
             step = jax.checkpoint(step)
-        if j - i == 1:
-            x = step(x, split[i][1])[0]
+        if len(states) == 1:
+            x = step(x, states[0])[0]
         else:
-            stacked = jax.tree.map(lambda *a: jnp.stack(a), *(st for _, st in split[i:j]))
-            x = jax.lax.scan(step, x, stacked)[0]
-        i = j
+            x = jax.lax.scan(step, x, jax.tree.map(lambda *a: jnp.stack(a), *states))[0]
     return x
 
 
