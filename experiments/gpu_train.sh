@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: the 400M MDN training run (throughput, MFU, memory, loss curve, profile), the generation
 # benchmark, the FLA parity test. Usage (GPU machine, repo root): MDN_COMMIT=<sha> bash experiments/gpu_train.sh
-# Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides), TRAIN_TIMEOUT,
-# VARIANTS (';'-separated override sets, each one more run after the first, see below), GEN (0: skip the generation benchmark), GEN_ARGS, GEN_TIMEOUT, FLA (1: run
+# Env: STEPS (default 120), EVAL_EVERY (0), PROFILE (30:32), TRAIN_ARGS (extra key=value overrides for every run),
+# TRAIN_TIMEOUT, VARIANTS (';'-separated override sets, each one more run after the first, overriding TRAIN_ARGS), GEN (0: skip the generation benchmark), GEN_ARGS, GEN_TIMEOUT, FLA (1: run
 # the FLA parity test), FLA_TIMEOUT (90), HLO (1: dump the optimized HLO and trace the profile's largest fusion kernels
 # to their source lines, fusions.md). Writes under $OUT: device.txt, train.log, metrics.jsonl, train_profile.{json,md},
 # bench_generate.{json,log}, fla.log, fusions.md. The set-up took ~80 s before f325902's eager init (9 s on CPU; not
@@ -19,7 +19,7 @@ train() {  # the 400M preset: GPT-2 BPE on the embedded Shakespeare corpus, seq 
   rm -rf $RUN
   timeout ${TRAIN_TIMEOUT:-330} python3 -m mdn_jax.cli train --config 400M --out $RUN steps=${STEPS:-120} \
     warmup_steps=20 log_every=10 eval_every=${EVAL_EVERY:-0} eval_batches=2 ckpt_every=100000 sample_tokens=0 progress=false \
-    tensorboard=false profile_steps=${PROFILE:-30:32} "$@" ${TRAIN_ARGS:-} 2>&1 | tee -a "$OUT/train.log"
+    tensorboard=false profile_steps=${PROFILE:-30:32} ${TRAIN_ARGS:-} "$@" 2>&1 | tee -a "$OUT/train.log"
   return ${PIPESTATUS[0]}
 }
 # micro-batch 4 x 4096 without rematerialisation; if that fails (not by the timeout: a second compile would not
