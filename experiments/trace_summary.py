@@ -20,7 +20,8 @@ import re
 
 CATEGORIES = [
     ("mdn_pallas", r"_fwd_kernel|_bwd_kernel|_coeff_kernel|_solve_kernel|_step_kernel|_grads_kernel"
-                   r"|_gate_vjp_kernel|_local_bwd_kernel|chunk_"),
+                   r"|_gate_vjp_kernel|_local_bwd_kernel|chunk_"
+                   r"|anonymous_mosaic_gpu_kernel"),  # the op's Mosaic GPU passes: this project's only Mosaic kernels
     ("collective", r"nccl|all-reduce|all_reduce|all-gather|all_gather|reduce-scatter|reduce_scatter"),
     ("attention", r"cudnn|flash|fmha"),
     ("matmul", r"gemm|cutlass|xmma|sm90|sm80|cublas|nvjet|wgmma|dot|matmul"),
